@@ -1,0 +1,351 @@
+"""Turn a PyTorch model into a flat list of bound-aware operations.
+
+The bound engine never interprets a graph: a supported model is an ``nn.Sequential`` (nested
+allowed) whose leaves are affine maps or scalar activations. Each affine leaf becomes an
+:class:`AffineOp` that knows its forward map, the forward map of ``|A|`` (for interval
+propagation) and its transpose (for the backward linear pass); each activation becomes an
+:class:`Activation` holding a :class:`~nonuniform.relaxations.Relaxation`.
+
+Shapes: op inputs/outputs are ``(N, *shape)``; backward inputs are ``(batch, specs, *out_shape)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import Normalize
+from .relaxations import PiecewiseLinear, Relaxation, Sigmoid, Tanh
+
+SUPPORTED = (
+    "Linear, Conv2d, Flatten, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm1d/2d (eval), AvgPool2d, "
+    "Dropout, Identity, nonuniform.Normalize, nested nn.Sequential"
+)
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains a layer (or a layer configuration) the bound engine cannot bound."""
+
+
+@dataclass
+class Op:
+    name: str  # dotted path of the module in the model, e.g. "features.3"
+    kind: str  # class name of the module
+    in_shape: tuple[int, ...] = field(default=(), init=False)
+    out_shape: tuple[int, ...] = field(default=(), init=False)
+
+    def where(self) -> str:
+        return f"layer '{self.name}' ({self.kind})"
+
+
+class AffineOp(Op):
+    """``y = A x + b``. ``mixing`` is False for maps where interval propagation is exact
+    (diagonal scalings and reshapes); two mixing maps in a row make IBP inexact."""
+
+    mixing: bool = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        """``|A| r`` (no bias): the radius of the image of a box of radius r."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def backward(self, lam: Tensor) -> Tensor:
+        """``lam @ A``: (batch, specs, *out_shape) -> (batch, specs, *in_shape)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def bias_term(self, lam: Tensor) -> Tensor | None:
+        """``lam @ b``: (batch, specs, *out_shape) -> (batch, specs), or None without bias."""
+        return None
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        c, r = self.forward((u + l) / 2), self.forward_abs((u - l) / 2)
+        return c - r, c + r
+
+
+class LinearOp(AffineOp):
+    def __init__(self, name: str, kind: str, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__(name, kind)
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.linear(r, self.weight.abs())
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam @ self.weight
+
+    def bias_term(self, lam: Tensor) -> Tensor | None:
+        return None if self.bias is None else lam @ self.bias
+
+
+class ConvOp(AffineOp):
+    """2-D convolution; the transpose is a transposed convolution, never a dense matrix."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride,
+        padding,
+        dilation,
+        groups: int,
+    ) -> None:
+        super().__init__(name, kind)
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.conv2d(
+            r, self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def backward(self, lam: Tensor) -> Tensor:
+        b, s = lam.shape[:2]
+        _, h_in, w_in = self.in_shape
+        _, h_out, w_out = self.out_shape
+        kh, kw = self.weight.shape[-2:]
+        out_pad = tuple(
+            size_in - ((size_out - 1) * st - 2 * p + d * (k - 1) + 1)
+            for size_in, size_out, st, p, d, k in zip(
+                (h_in, w_in), (h_out, w_out), self.stride, self.padding, self.dilation, (kh, kw)
+            )
+        )
+        x = F.conv_transpose2d(
+            lam.reshape(b * s, *self.out_shape),
+            self.weight,
+            None,
+            self.stride,
+            self.padding,
+            out_pad,
+            self.groups,
+            self.dilation,
+        )
+        return x.reshape(b, s, *self.in_shape)
+
+    def bias_term(self, lam: Tensor) -> Tensor | None:
+        return None if self.bias is None else lam.sum((-2, -1)) @ self.bias
+
+
+class ChannelAffineOp(AffineOp):
+    """``y = x * scale[c] + shift[c]`` along dim 1 (Normalize, BatchNorm in eval mode)."""
+
+    mixing = False
+
+    def __init__(self, name: str, kind: str, scale: Tensor, shift: Tensor) -> None:
+        super().__init__(name, kind)
+        self.scale, self.shift = scale, shift
+
+    def _view(self, t: Tensor, ndim: int) -> Tensor:
+        return t.reshape((-1,) + (1,) * (ndim - 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.dim() - 1
+        return x * self._view(self.scale, n) + self._view(self.shift, n)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r * self._view(self.scale.abs(), r.dim() - 1)
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam * self._view(self.scale, lam.dim() - 2)
+
+    def bias_term(self, lam: Tensor) -> Tensor | None:
+        return (lam * self._view(self.shift, lam.dim() - 2)).flatten(2).sum(-1)
+
+
+class FlattenOp(AffineOp):
+    mixing = False
+
+    def __init__(self, name: str, kind: str, start_dim: int, end_dim: int) -> None:
+        super().__init__(name, kind)
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+    forward_abs = forward
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam.reshape(*lam.shape[:2], *self.in_shape)
+
+
+class Activation(Op):
+    def __init__(self, name: str, kind: str, relaxation: Relaxation) -> None:
+        super().__init__(name, kind)
+        self.relaxation = relaxation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relaxation.f(x)
+
+
+def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    if isinstance(module, nn.Sequential):
+        out: list[tuple[str, nn.Module]] = []
+        # _modules, not named_children(): the latter skips a module instance used twice
+        # (a shared nn.ReLU() is common), which would silently drop a layer.
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            out.extend(_leaves(child, f"{prefix}.{child_name}" if prefix else child_name))
+        return out
+    return [(prefix or "<model>", module)]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _to(t: Tensor | None, dtype, device) -> Tensor | None:
+    return None if t is None else t.detach().to(device=device, dtype=dtype)
+
+
+def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
+    kind = type(m).__name__
+    if isinstance(m, (nn.Dropout, nn.Identity)):
+        return None
+    if isinstance(m, nn.Linear):
+        return LinearOp(name, kind, _to(m.weight, dtype, device), _to(m.bias, dtype, device))
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise UnsupportedModelError(
+                f"layer '{name}' (Conv2d) uses padding_mode='{m.padding_mode}'; only 'zeros' is "
+                "supported by the bound engine"
+            )
+        padding = m.padding
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise UnsupportedModelError(
+                    f"layer '{name}' (Conv2d) uses padding='{padding}'; give explicit integer "
+                    "padding instead"
+                )
+            padding = (0, 0)
+        return ConvOp(
+            name,
+            kind,
+            _to(m.weight, dtype, device),
+            _to(m.bias, dtype, device),
+            _pair(m.stride),
+            _pair(padding),
+            _pair(m.dilation),
+            m.groups,
+        )
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if m.training or m.running_mean is None:
+            raise UnsupportedModelError(
+                f"layer '{name}' ({kind}) is in training mode or has no running statistics; "
+                "call model.eval() before computing bounds"
+            )
+        inv = torch.rsqrt(m.running_var.detach().double() + m.eps)
+        w = m.weight.detach().double() if m.weight is not None else torch.ones_like(inv)
+        b = m.bias.detach().double() if m.bias is not None else torch.zeros_like(inv)
+        scale = w * inv
+        shift = b - m.running_mean.detach().double() * scale
+        return ChannelAffineOp(name, kind, _to(scale, dtype, device), _to(shift, dtype, device))
+    if isinstance(m, Normalize):
+        scale = 1.0 / m.std.double()
+        return ChannelAffineOp(
+            name, kind, _to(scale, dtype, device), _to(-m.mean.double() * scale, dtype, device)
+        )
+    if isinstance(m, nn.Flatten):
+        if m.start_dim == 0:
+            raise UnsupportedModelError(
+                f"layer '{name}' (Flatten) has start_dim=0 and would merge the batch axis; use "
+                "nn.Flatten() (start_dim=1)"
+            )
+        return FlattenOp(name, kind, m.start_dim, m.end_dim)
+    if isinstance(m, nn.ReLU):
+        return Activation(name, kind, PiecewiseLinear(0.0))
+    if isinstance(m, nn.LeakyReLU):
+        try:
+            return Activation(name, kind, PiecewiseLinear(m.negative_slope))
+        except ValueError as e:
+            raise UnsupportedModelError(f"layer '{name}' (LeakyReLU): {e}") from None
+    if isinstance(m, nn.Sigmoid):
+        return Activation(name, kind, Sigmoid())
+    if isinstance(m, nn.Tanh):
+        return Activation(name, kind, Tanh())
+    if isinstance(m, nn.AvgPool2d):
+        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+        if m.ceil_mode or m.divisor_override is not None or (any(p) and not m.count_include_pad):
+            raise UnsupportedModelError(
+                f"layer '{name}' (AvgPool2d) uses ceil_mode, divisor_override or padding without "
+                "count_include_pad; only the plain average (a fixed linear map) is supported"
+            )
+        # The channel count is only known from the input shape: built in Network.__init__.
+        op = ConvOp(name, kind, torch.empty(0), None, s, p, (1, 1), 0)
+        op.pool_kernel = k  # type: ignore[attr-defined]
+        return op
+    raise UnsupportedModelError(
+        f"layer '{name}' ({kind}) is not supported by the bound engine. Supported: {SUPPORTED}. "
+        "Build the model as an nn.Sequential of these layers."
+    )
+
+
+class Network:
+    """A model as a flat list of ops, with shapes recorded for one input shape.
+
+    ``input_shape`` excludes the batch axis. Parameters are copied (detached) to ``dtype`` and
+    ``device``: bounds in float64 need a float64 copy of the weights.
+    """
+
+    def __init__(
+        self, model: nn.Module, input_shape: tuple[int, ...], dtype=torch.float32, device="cpu"
+    ) -> None:
+        self.input_shape = tuple(input_shape)
+        leaves = _leaves(model, "")
+        ops = [op for name, m in leaves if (op := _convert(name, m, dtype, device)) is not None]
+        x = torch.zeros((1, *self.input_shape), dtype=dtype, device=device)
+        for op in ops:
+            op.in_shape = tuple(x.shape[1:])
+            if getattr(op, "pool_kernel", None) is not None:
+                c = op.in_shape[0]
+                kh, kw = op.pool_kernel
+                op.weight = torch.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=dtype, device=device)
+                op.groups = c
+                op.pool_kernel = None
+            try:
+                x = op.forward(x)
+            except RuntimeError as e:
+                msg = str(e).splitlines()[0]
+                raise UnsupportedModelError(
+                    f"{op.where()} cannot take an input of shape {tuple(op.in_shape)} "
+                    f"(the model was given inputs of shape {self.input_shape}): {msg}"
+                ) from None
+            op.out_shape = tuple(x.shape[1:])
+        if not ops:
+            raise UnsupportedModelError("the model has no layers")
+        if x.dim() != 2:
+            raise UnsupportedModelError(
+                f"the model's output has shape {tuple(x.shape[1:])} per sample; a classifier must "
+                "output one vector of logits (add nn.Flatten / a final nn.Linear)"
+            )
+        self.ops = ops
+        self.num_classes = x.shape[1]
+        self.dtype, self.device = dtype, device
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.ops:
+            x = op.forward(x)
+        return x
+
+    @property
+    def activation_indices(self) -> list[int]:
+        return [i for i, op in enumerate(self.ops) if isinstance(op, Activation)]
+
+    def max_width(self, stop: int) -> int:
+        """Largest per-sample tensor size among the inputs of ops[:stop]."""
+        return max((math.prod(op.in_shape) for op in self.ops[:stop]), default=1)

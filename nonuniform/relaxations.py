@@ -1,0 +1,249 @@
+"""Linear relaxations of scalar activations, one class per nonlinearity.
+
+Every relaxation answers one question: given elementwise pre-activation bounds ``l <= z <= u``,
+which lines ``a_lo*z + b_lo <= act(z) <= a_up*z + b_up`` hold on the whole interval? The backward
+pass of the bound engine only ever sees these four tensors, so adding a nonlinearity means adding
+one class here.
+
+Shapes: ``l`` and ``u`` are ``(batch, *features)``; the returned tensors are
+``(batch, 1, *features)`` -- a spec axis of size one that broadcasts in the backward pass -- except
+the lower slope under alpha-CROWN, which is per specification: ``(batch, specs, *features)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+#: Intervals narrower than this are relaxed by the constant lines act(l) <= act(z) <= act(u)
+#: (exact for monotone activations, and free of 0/0 in chord slopes).
+TINY_WIDTH = 1e-6
+
+
+@dataclass
+class LinearRelaxation:
+    """``lower_slope*z + lower_bias <= act(z) <= upper_slope*z + upper_bias`` elementwise."""
+
+    lower_slope: Tensor
+    lower_bias: Tensor
+    upper_slope: Tensor
+    upper_bias: Tensor
+
+    def detach(self) -> LinearRelaxation:
+        return LinearRelaxation(*(t.detach() for t in self.astuple()))
+
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.lower_slope, self.lower_bias, self.upper_slope, self.upper_bias
+
+
+class Relaxation:
+    """Interface: interval image, linear relaxation, and which neurons need tight bounds."""
+
+    #: True when the lower slope of unstable neurons is a free parameter (alpha-CROWN).
+    has_alpha: ClassVar[bool] = False
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact image of the box under the (monotone) activation."""
+        return self.f(l), self.f(u)
+
+    def f(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def relax(
+        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
+    ) -> LinearRelaxation:
+        """Sound lines on [l, u]. ``mode`` is ``"crown"`` or ``"fastlin"``.
+
+        ``alpha`` (optional, ``(batch, specs, *features)``) overrides the lower slope of unstable
+        neurons; it is clamped to the sound range, so every alpha gives a sound relaxation.
+        """
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
+        """Mask of neurons whose relaxation improves with tighter pre-activation bounds."""
+        return (u - l) > TINY_WIDTH
+
+
+class PiecewiseLinear(Relaxation):
+    """``z >= 0: z; z < 0: negative_slope*z`` with ``0 <= negative_slope <= 1`` (ReLU, LeakyReLU).
+
+    Unstable neurons (l < 0 < u): the upper line is the chord. The lower line passes through the
+    origin with slope in [negative_slope, 1]: CROWN's adaptive choice (1 if u > -l else
+    negative_slope), Fast-Lin's choice (the chord slope, parallel to the upper line), or alpha.
+    """
+
+    has_alpha = True
+
+    def __init__(self, negative_slope: float = 0.0) -> None:
+        if not 0.0 <= negative_slope <= 1.0:
+            raise ValueError(
+                f"LeakyReLU negative_slope={negative_slope} is not supported: the relaxation "
+                "assumes a convex activation (0 <= negative_slope <= 1)"
+            )
+        self.negative_slope = float(negative_slope)
+
+    def f(self, z: Tensor) -> Tensor:
+        return torch.where(z >= 0, z, z * self.negative_slope)
+
+    def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
+        # Stable neurons are relaxed exactly whatever their bounds are.
+        return (l < 0) & (u > 0)
+
+    def relax(
+        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
+    ) -> LinearRelaxation:
+        a = self.negative_slope
+        unstable = (l < 0) & (u > 0)
+        active = l >= 0
+        stable_slope = torch.where(active, torch.ones_like(l), torch.full_like(l, a))
+        # Safe denominator: only unstable entries use the chord, and there u - l > 0.
+        width = torch.where(unstable, u - l, torch.ones_like(l))
+        chord = (u - a * l) / width
+        upper_slope = torch.where(unstable, chord, stable_slope)
+        upper_bias = torch.where(unstable, u - chord * u, torch.zeros_like(l))
+        if alpha is not None:
+            lower_slope = torch.where(
+                unstable.unsqueeze(1), alpha.clamp(a, 1.0), stable_slope.unsqueeze(1)
+            )
+        elif mode == "fastlin":
+            lower_slope = upper_slope.unsqueeze(1)
+        else:
+            adaptive = torch.where(u > -l, torch.ones_like(l), torch.full_like(l, a))
+            lower_slope = torch.where(unstable, adaptive, stable_slope).unsqueeze(1)
+        return LinearRelaxation(
+            lower_slope,
+            torch.zeros_like(upper_bias).unsqueeze(1),
+            upper_slope.unsqueeze(1),
+            upper_bias.unsqueeze(1),
+        )
+
+    def default_alpha(self, l: Tensor, u: Tensor) -> Tensor:
+        """CROWN's adaptive lower slope: the starting point of alpha-CROWN."""
+        return torch.where(u > -l, torch.ones_like(l), torch.full_like(l, self.negative_slope))
+
+
+class SShaped(Relaxation):
+    """Sigmoid-like activations: increasing, convex on z < 0, concave on z > 0,
+    and point-symmetric: ``f(z) = s - f(-z)`` (s = 1 for sigmoid, 0 for tanh).
+
+    Upper line on [l, u] (the lower line follows from the symmetry, applied on [-u, -l]):
+      * u <= 0 (convex part): the chord;
+      * l >= 0 (concave part): the tangent at the midpoint;
+      * l < 0 < u: the chord if f'(u) >= chord slope (then f - chord is convex-then-concave with
+        zeros at both ends and non-negative slope at u, hence <= 0); otherwise the tangent at the
+        point d in [0, u] whose tangent passes through (l, f(l)). d is found by bisection and the
+        end of the bracket whose tangent passes *above* (l, f(l)) is used, so the line is sound for
+        any number of bisection steps (f - tangent is concave on [l, 0] and <= 0 at both ends).
+    Intervals narrower than ``TINY_WIDTH`` use the constant lines f(l), f(u).
+    """
+
+    symmetry: ClassVar[float]
+    bisection_steps: ClassVar[int] = 24
+
+    def derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def second_derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _upper(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        fl, fu = self.f(l), self.f(u)
+        tiny = (u - l) <= TINY_WIDTH
+        width = torch.where(tiny, torch.ones_like(l), u - l)
+        chord_slope = (fu - fl) / width
+        chord_bias = fl - chord_slope * l
+
+        mid = (l + u) / 2
+        mid_slope = self.derivative(mid)
+        mid_bias = self.f(mid) - mid_slope * mid
+
+        # Tangent point d through (l, f(l)) for straddling intervals, by bisection on
+        # h(d) = f(d) + f'(d)(l - d) - f(l), increasing on [0, u]. The bracket end with h >= 0 is
+        # kept, so the line is sound whatever the precision.
+        steps = self.bisection_steps if l.dtype != torch.float64 else 2 * self.bisection_steps
+        with torch.no_grad():
+            lo = torch.zeros_like(u)
+            hi = u.clamp(min=0).detach().clone()
+            ld, fld = l.detach(), fl.detach()
+            for _ in range(steps):
+                d = (lo + hi) / 2
+                through = self.f(d) + self.derivative(d) * (ld - d) - fld
+                above = through >= 0
+                hi = torch.where(above, d, hi)
+                lo = torch.where(above, lo, d)
+            d = hi
+            # Implicit-function derivative dd/dl = -(dh/dl) / (dh/dd), attached below so that
+            # the optimiser sees how the line moves with l (the value of d stays the bisected one).
+            dh_dd = self.second_derivative(d) * (ld - d)
+            safe = dh_dd.abs() > 1e-12
+            dd_dl = torch.where(
+                safe,
+                (self.derivative(ld) - self.derivative(d)) / torch.where(safe, dh_dd, 1.0),
+                0.0,
+            )
+        d = d + dd_dl * (l - ld)
+        tan_slope = self.derivative(d)
+        tan_bias = self.f(d) - tan_slope * d
+
+        straddle_chord = self.derivative(u) >= chord_slope
+        slope = torch.where(
+            l >= 0, mid_slope, torch.where((u <= 0) | straddle_chord, chord_slope, tan_slope)
+        )
+        bias = torch.where(
+            l >= 0, mid_bias, torch.where((u <= 0) | straddle_chord, chord_bias, tan_bias)
+        )
+        slope = torch.where(tiny, torch.zeros_like(slope), slope)
+        bias = torch.where(tiny, fu, bias)
+        return slope, bias
+
+    def relax(
+        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
+    ) -> LinearRelaxation:
+        up_slope, up_bias = self._upper(l, u)
+        neg_slope, neg_bias = self._upper(-u, -l)
+        # f(z) = s - f(-z) >= s - (a*(-z) + b) = a*z + (s - b)
+        low_slope, low_bias = neg_slope, self.symmetry - neg_bias
+        return LinearRelaxation(*(t.unsqueeze(1) for t in (low_slope, low_bias, up_slope, up_bias)))
+
+
+class Sigmoid(SShaped):
+    symmetry = 1.0
+
+    def f(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+
+    def second_derivative(self, z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 2 * s)
+
+
+class Tanh(SShaped):
+    symmetry = 0.0
+
+    def f(self, z: Tensor) -> Tensor:
+        return torch.tanh(z)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return 1 - torch.tanh(z) ** 2
+
+    def second_derivative(self, z: Tensor) -> Tensor:
+        t = torch.tanh(z)
+        return -2 * t * (1 - t**2)
+
+
+__all__ = [
+    "LinearRelaxation",
+    "Relaxation",
+    "PiecewiseLinear",
+    "SShaped",
+    "Sigmoid",
+    "Tanh",
+    "TINY_WIDTH",
+]
