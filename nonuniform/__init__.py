@@ -1,12 +1,20 @@
 """nonuniform: certified non-uniform robustness regions for neural-network classifiers."""
 
 from .bounds import METHODS, BoundedModel, compute_bounds, margin_spec
+from .boxes import CertifiedBoxes, CertifyConfig, certify_boxes
+from .data import load_dataset
 from .layers import Normalize
+from .models import load_model
 from .network import UnsupportedModelError
 
 __all__ = [
     "METHODS",
     "BoundedModel",
+    "CertifiedBoxes",
+    "CertifyConfig",
+    "certify_boxes",
+    "load_dataset",
+    "load_model",
     "Normalize",
     "UnsupportedModelError",
     "compute_bounds",

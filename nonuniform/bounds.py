@@ -145,30 +145,56 @@ class BoundedModel:
         lower: Tensor,
         upper: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """CROWN bounds for the neurons at the input of activation ``ops[i]`` that need them."""
+        """CROWN bounds for the neurons at the input of activation ``ops[i]`` that need them.
+
+        Each sample gets backward rows only for *its own* neurons that need bounds (padded to the
+        largest count in the batch). The affine maps between ``ops[i]`` and the previous
+        activation do not depend on the sample, so they run once on the union of needed
+        neurons, and each sample gathers its rows from the result.
+        """
         op: Activation = self.net.ops[i]  # type: ignore[assignment]
         b = l.shape[0]
         need = op.relaxation.needs_bounds(l, u).reshape(b, -1)
-        idx = need.any(0).nonzero().squeeze(1)
-        if idx.numel() == 0:
+        counts = need.sum(1)
+        kmax = int(counts.max())
+        if kmax == 0:
             return l, u
         n = need.shape[1]
-        chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(i)))
+        union = need.any(0).nonzero().squeeze(1)
+        k_u = union.numel()
+        prev = max((j for j in self.net.activation_indices if j < i), default=-1)
+        # Shared affine prefix: one-hot rows of the union, batch axis 1.
+        rows = torch.zeros(k_u, n, dtype=l.dtype, device=l.device)
+        rows[torch.arange(k_u, device=l.device), union] = 1.0
+        lam_u = torch.cat([rows, -rows]).reshape(1, 2 * k_u, *op.in_shape)
+        bias_u = torch.zeros(1, 2 * k_u, dtype=l.dtype, device=l.device)
+        for j in range(i - 1, prev, -1):
+            aff: AffineOp = self.net.ops[j]  # type: ignore[assignment]
+            term = aff.bias_term(lam_u)
+            if term is not None:
+                bias_u = bias_u + term
+            lam_u = aff.backward(lam_u)
+        # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
+        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
+        valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
+        pos = torch.full((n,), 0, dtype=torch.long, device=l.device)
+        pos[union] = torch.arange(k_u, device=l.device)
+        pos = torch.where(valid, pos[order], 0)  # (b, kmax) row of each neuron in lam_u
         lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-        new_l, new_u = [], []
-        for part in idx.split(chunk):
-            k = part.numel()
-            rows = torch.zeros(k, n, dtype=l.dtype, device=l.device)
-            rows[torch.arange(k, device=l.device), part] = 1.0
-            lam = (
-                torch.cat([rows, -rows]).reshape(1, 2 * k, *op.in_shape).expand(b, -1, *op.in_shape)
-            )
-            out = self.backward(lam, i, relax, lower, upper)
-            mask = need[:, part]
-            new_l.append(torch.where(mask, torch.maximum(lf[:, part], out[:, :k]), lf[:, part]))
-            new_u.append(torch.where(mask, torch.minimum(uf[:, part], -out[:, k:]), uf[:, part]))
-        lf = lf.index_copy(1, idx, torch.cat(new_l, 1))
-        uf = uf.index_copy(1, idx, torch.cat(new_u, 1))
+        chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(i)))
+        outs_l, outs_u = [], []
+        for part in torch.arange(kmax, device=l.device).split(chunk):
+            sel = torch.cat([pos[:, part], pos[:, part] + k_u], 1)  # (b, 2k)
+            lam = lam_u[0][sel]
+            out = self.backward(lam, prev + 1, relax, lower, upper, bias=bias_u[0][sel])
+            outs_l.append(out[:, : part.numel()])
+            outs_u.append(-out[:, part.numel() :])
+        crown_l, crown_u = torch.cat(outs_l, 1), torch.cat(outs_u, 1)
+        old_l, old_u = lf.gather(1, order), uf.gather(1, order)
+        new_l = torch.where(valid, torch.maximum(old_l, crown_l), old_l)
+        new_u = torch.where(valid, torch.minimum(old_u, crown_u), old_u)
+        lf = lf.scatter(1, order, new_l)
+        uf = uf.scatter(1, order, new_u)
         return lf.reshape(l.shape), uf.reshape(u.shape)
 
     # -- backward pass ------------------------------------------------------------------
@@ -180,13 +206,16 @@ class BoundedModel:
         lower: Tensor,
         upper: Tensor,
         start: int = 0,
+        bias: Tensor | None = None,
     ) -> Tensor:
         """Lower bound of ``lam . z`` where z is the input of ``ops[stop]`` (the output if
         ``stop == len(ops)``), over the box [lower, upper] at the input of ``ops[start]``.
 
-        ``lam``: (batch, specs, *shape of z) -> returns (batch, specs).
+        ``lam``: (batch, specs, *shape of z) -> returns (batch, specs). ``bias`` is a constant
+        already accumulated by the caller (added to the result).
         """
-        bias = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+        if bias is None:
+            bias = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
         for j in range(stop - 1, start - 1, -1):
             op = self.net.ops[j]
             if isinstance(op, AffineOp):
@@ -199,14 +228,10 @@ class BoundedModel:
                 pos, neg = lam.clamp(min=0), lam.clamp(max=0)
                 bias = bias + (pos * r.lower_bias + neg * r.upper_bias).flatten(2).sum(-1)
                 lam = pos * r.lower_slope + neg * r.upper_slope
-        lam = lam.flatten(2)
-        centre = ((upper + lower) / 2).flatten(1)
-        radius = ((upper - lower) / 2).flatten(1)
-        return (
-            torch.einsum("bsn,bn->bs", lam, centre)
-            - torch.einsum("bsn,bn->bs", lam.abs(), radius)
-            + bias
-        )
+        lam = lam.flatten(2)  # batch axis may still be 1 (see _tighten): matmul broadcasts
+        centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
+        radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
+        return (lam @ centre - lam.abs() @ radius).squeeze(-1) + bias
 
     # -- bounds of a specification --------------------------------------------------------
     def bounds(

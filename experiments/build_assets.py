@@ -1,0 +1,94 @@
+"""Train the embedded models and write the embedded test samples (nonuniform/assets/).
+
+Run: ``.venv/bin/python experiments/build_assets.py [--only NAME ...] [--data-dir DIR]``.
+Data: ``--data-dir``, else $NONUNIFORM_DATA, else ../shared/data next to the repository.
+Each checkpoint's card records its recipe, its measured accuracies (full test set, clean and PGD at
+0.1, and on the 100 shipped samples) and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nonuniform.data import dataset_info, load_dataset
+from nonuniform.models import ModelCard, assets_dir, build_model, save_checkpoint
+from nonuniform.train import TrainConfig, evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SAMPLES = 100
+EVAL_EPS = 0.1
+
+RECIPES = {
+    "mnist-mlp": ("mnist", "mlp:100,100:relu", TrainConfig(epochs=10)),
+    "mnist-mlp-pgd": ("mnist", "mlp:100,100:relu", TrainConfig(epochs=15, adv_eps=0.1)),
+    "fashion-mlp": ("fashion-mnist", "mlp:100,100:relu", TrainConfig(epochs=10)),
+    "fashion-mlp-pgd": ("fashion-mnist", "mlp:100,100:relu", TrainConfig(epochs=15, adv_eps=0.1)),
+    "mnist-cnn-small": ("mnist", "cnn-small", TrainConfig(epochs=4)),
+}
+
+
+def write_samples(name: str, data_dir: str) -> None:
+    test = load_dataset(name, "test", data_dir)
+    path = assets_dir() / "samples" / f"{name}.npz"
+    np.savez_compressed(
+        path,
+        images=(test.inputs[:N_SAMPLES, 0] * 255).round().to(torch.uint8).numpy(),
+        labels=test.labels[:N_SAMPLES].numpy(),
+        indices=np.arange(N_SAMPLES),
+    )
+    print("wrote", path)
+
+
+def build(name: str, data_dir: str) -> None:
+    ds_name, arch, cfg = RECIPES[name]
+    info = dataset_info(ds_name)
+    tr, te = load_dataset(ds_name, "train", data_dir), load_dataset(ds_name, "test", data_dir)
+    model = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
+    t = time.time()
+    train(model, tr.inputs, tr.labels, cfg)
+    metrics = evaluate(model, te.inputs, te.labels, eps=EVAL_EPS)
+    shipped = evaluate(model, te.inputs[:N_SAMPLES], te.labels[:N_SAMPLES], eps=EVAL_EPS)
+    metrics.update({f"shipped_{k}": v for k, v in shipped.items()})
+    metrics["train_seconds"] = round(time.time() - t, 1)
+    card = ModelCard(
+        name=name,
+        arch=arch,
+        dataset=ds_name,
+        input_shape=info.input_shape,
+        domain=info.domain,
+        class_names=info.class_names,
+        mean=[info.mean],
+        std=[info.std],
+        recipe={"optimizer": "Adam, one-cycle lr", **cfg.to_dict()},
+        metrics=metrics,
+        command=f"python experiments/build_assets.py --only {name}",
+    )
+    save_checkpoint(model, card, assets_dir() / "models" / f"{name}.pt")
+    print(name, metrics, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", choices=list(RECIPES), help="models to build")
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("NONUNIFORM_DATA", str(ROOT.parent / "shared" / "data")),
+    )
+    ap.add_argument("--samples", action="store_true", help="(re)write the embedded samples too")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.samples or not args.only:
+        for ds in ("mnist", "fashion-mnist"):
+            write_samples(ds, args.data_dir)
+    for name in args.only or RECIPES:
+        build(name, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()
