@@ -47,7 +47,8 @@ class CertifyConfig:
     method: str = "crown"
     asymmetric: bool = False
     clip: bool = True
-    domain: tuple[float, float] = (0.0, 1.0)
+    #: (lo, hi): floats, or arrays shaped like one input for per-feature domains
+    domain: tuple = (0.0, 1.0)
     per_logit: bool = False
     delta: float = 1e-3  # margin the optimiser must keep
     check_margin: float = 1e-4  # margin the final (float64) check must prove
@@ -68,9 +69,11 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown bound method '{self.method}'; choose one of {METHODS}")
-        lo, hi = self.domain
-        if not lo <= hi:
-            raise ValueError(f"domain {self.domain}: lower end above upper end")
+        lo, hi = (np.asarray(d, dtype=np.float64) for d in self.domain)
+        if (lo > hi).any():
+            raise ValueError(f"domain: lower end above upper end in {int((lo > hi).sum())} features")
+        if lo.ndim or hi.ndim:
+            self.domain = (lo.tolist(), hi.tolist())
 
 
 @dataclass
@@ -227,17 +230,27 @@ class CertifiedBoxes:
         return rows
 
 
+def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The domain's lower and upper ends, broadcast to the shape of one input ``like``."""
+    try:
+        lo, hi = (torch.as_tensor(d, dtype=like.dtype, device=like.device).expand_as(like) for d in domain)
+    except RuntimeError:
+        raise ValueError(
+            f"domain arrays must broadcast to one input's shape {tuple(like.shape)}"
+        ) from None
+    return lo, hi
+
+
 class _Problem:
     """Everything about one batch that does not change during optimisation."""
 
     def __init__(self, bm: BoundedModel, x0: Tensor, spec: Tensor, cfg: CertifyConfig):
         self.bm, self.x0, self.spec, self.cfg = bm, x0, spec, cfg
-        lo, hi = cfg.domain
-        self.dl = torch.full_like(x0[0], lo)
-        self.du = torch.full_like(x0[0], hi)
+        self.dl, self.du = domain_tensors(cfg.domain, x0[0])
         self.free = (self.du > self.dl) if cfg.clip else torch.ones_like(self.dl, dtype=torch.bool)
         self.n_free = int(self.free.sum())
-        span = (hi - lo) if hi > lo else 1.0
+        span = float((self.du - self.dl).max())
+        span = span if span > 0 else 1.0
         self.log_min, self.log_max = math.log(MIN_RADIUS), math.log(MAX_RADIUS_FACTOR * span)
 
     def box(self, r_lo: Tensor, r_hi: Tensor, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -465,11 +478,13 @@ def certify_boxes(
     x_all = torch.as_tensor(inputs, dtype=torch.float32).to(device)
     if x_all.dim() < 2:
         raise ValueError(f"inputs must be batched, (N, *input_shape); got {tuple(x_all.shape)}")
-    lo_d, hi_d = cfg.domain
-    if cfg.clip and ((x_all < lo_d).any() or (x_all > hi_d).any()):
+    lo_d, hi_d = domain_tensors(cfg.domain, x_all[0])
+    outside = (x_all < lo_d) | (x_all > hi_d)
+    if cfg.clip and outside.any():
         raise ValueError(
-            f"inputs lie outside the domain [{lo_d}, {hi_d}] (min {float(x_all.min()):.3g}, max "
-            f"{float(x_all.max()):.3g}); pass domain=(lo, hi) or clip=False"
+            f"{int(outside.any(0).sum())} input features lie outside the domain (data min "
+            f"{float(x_all.min()):.3g}, max {float(x_all.max()):.3g}); pass domain=(lo, hi) that "
+            "contains the data, or clip=False"
         )
     y_all = None if labels is None else torch.as_tensor(labels).long().to(device)
     if y_all is not None and y_all.shape != x_all.shape[:1]:
@@ -480,6 +495,7 @@ def certify_boxes(
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
     settings = {**asdict(cfg), "input_shape": list(shape), "batch_size": batch_size, "seed": seed}
+    settings = json.loads(json.dumps(settings))  # exactly what a saved file will give back
     parts = []
     for start in range(0, len(x_all), batch_size):
         t0 = time.perf_counter()
