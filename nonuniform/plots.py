@@ -1,0 +1,80 @@
+"""Figures of certified boxes (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .boxes import CertifiedBoxes  # noqa: E402
+
+
+def _image(a: np.ndarray) -> np.ndarray:
+    """One input as a 2-D image: (1, H, W) -> (H, W); flat vectors become a single row."""
+    a = np.asarray(a)
+    if a.ndim == 3:
+        return a.mean(0) if a.shape[0] > 1 else a[0]
+    if a.ndim == 2:
+        return a
+    side = int(round(np.sqrt(a.size)))
+    return a.reshape(side, side) if side * side == a.size else a.reshape(1, -1)
+
+
+def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=None) -> None:
+    """Input, lower and upper radius maps, and the box's most extreme allowed perturbation."""
+    x, lo, hi = res.inputs[i], res.lower[i], res.upper[i]
+    r_lo, r_hi = x - lo, hi - x
+    # a vertex of the box: every pixel pushed to whichever end is farther (a worst-looking input)
+    vertex = np.where(r_hi >= r_lo, hi, lo)
+    name = (lambda k: class_names[k] if class_names else str(k))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    vmax = max(float(r_lo.max()), float(r_hi.max()), 1e-12)
+    panels = [
+        (_image(x), "input", "gray", 0, 1),
+        (_image(r_lo), "radius below (x0 - lower)", "magma", 0, vmax),
+        (_image(r_hi), "radius above (upper - x0)", "magma", 0, vmax),
+        (_image(vertex), "a vertex of the box", "gray", 0, 1),
+    ]
+    for ax, (img, title, cmap, vmin, vm) in zip(axes, panels):
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vm)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        if cmap == "magma":
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    status = "certified" if res.certified[i] else "NOT certified"
+    label = "?" if res.labels[i] < 0 else name(int(res.labels[i]))
+    fig.suptitle(
+        f"sample {int(res.indices[i])}: label {label}, predicted {name(int(res.preds[i]))}, {status}; "
+        f"mean log radius {res.mean_log_radius[i]:.2f} vs uniform "
+        f"{res.uniform_mean_log_radius[i]:.2f}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def overview_figure(res: CertifiedBoxes, path: str | Path, max_samples: int = 16, title: str = "") -> None:
+    """Grid: each sample's input above its half-width map (shared colour scale, log)."""
+    n = min(len(res), max_samples)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 1, 3.6), squeeze=False)
+    radii = res.radii[:n]
+    pos = radii[radii > 0]
+    vmin, vmax = (float(pos.min()), float(pos.max())) if pos.size else (1e-6, 1.0)
+    norm = matplotlib.colors.LogNorm(vmin=max(vmin, 1e-6), vmax=max(vmax, 2e-6))
+    im = None
+    for k in range(n):
+        axes[0, k].imshow(_image(res.inputs[k]), cmap="gray", vmin=0, vmax=1)
+        axes[0, k].set_title(f"#{int(res.indices[k])}" + ("" if res.certified[k] else " ✗"), fontsize=8)
+        im = axes[1, k].imshow(_image(np.maximum(radii[k], 1e-6)), cmap="magma", norm=norm)
+        for ax in axes[:, k]:
+            ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, label="half-width")
+    fig.suptitle(title or "certified non-uniform boxes: inputs (top), half-widths (bottom)", fontsize=10)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
