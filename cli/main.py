@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -41,8 +41,15 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, DataError, ModelError, UnsupportedModelError, BoxError, ValueError,
-                FileNotFoundError) as e:
+        except (
+            UserError,
+            DataError,
+            ModelError,
+            UnsupportedModelError,
+            BoxError,
+            ValueError,
+            FileNotFoundError,
+        ) as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -77,7 +84,7 @@ def parse_indices(spec: str | None, count: int | None, available: int) -> np.nda
     return idx
 
 
-def load_inputs(dataset: str, data_dir: Optional[Path], indices: Optional[str], count: Optional[int]):
+def load_inputs(dataset: str, data_dir: Path | None, indices: str | None, count: int | None):
     """Inputs, labels, dataset indices and a description of where they came from."""
     from nonuniform.data import DataError, dataset_info, load_dataset
     from nonuniform.samples import load_samples
@@ -113,26 +120,42 @@ def load_inputs(dataset: str, data_dir: Optional[Path], indices: Optional[str], 
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
 def results_table(res, title: str = "") -> Table:
     t = Table(title=title or None)
-    for col in ("sample", "label", "pred", "certified", "mean log radius", "uniform radius",
-                "volume gain (nats)", "apothem", "seconds"):
+    for col in (
+        "sample",
+        "label",
+        "pred",
+        "certified",
+        "mean log radius",
+        "uniform radius",
+        "volume gain (nats)",
+        "apothem",
+        "seconds",
+    ):
         t.add_column(col, justify="right")
     for row in res.sample_rows():
         c = row["certified"]
         t.add_row(
-            str(row["index"]), str(row["label"]) if row["label"] >= 0 else "-", str(row["pred"]),
+            str(row["index"]),
+            str(row["label"]) if row["label"] >= 0 else "-",
+            str(row["pred"]),
             "[green]yes[/]" if c else "[red]no[/]",
             f"{row['mean_log_radius']:.3f}" if c else "-",
             f"{row['uniform_radius']:.4f}",
             f"{row['volume_gain_nats']:.1f}" if c else "-",
-            f"{row['apothem']:.4f}", f"{row['seconds']:.2f}",
+            f"{row['apothem']:.4f}",
+            f"{row['seconds']:.2f}",
         )
     return t
 
@@ -147,8 +170,13 @@ def resolve_model(model: str, device: str):
 
 
 def model_record(card) -> dict:
-    return {"name": card.name, "source": card.source, "sha256": card.sha256, "arch": card.arch,
-            "dataset": card.dataset}
+    return {
+        "name": card.name,
+        "source": card.source,
+        "sha256": card.sha256,
+        "arch": card.arch,
+        "dataset": card.dataset,
+    }
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -157,23 +185,45 @@ def model_record(card) -> dict:
 @app.command()
 @user_errors
 def certify(
-    model: Annotated[str, typer.Argument(help="Embedded model name (see `nonuniform models`) or checkpoint path.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Embedded model name (see `nonuniform models`) or checkpoint path."),
+    ],
     out: Annotated[Path, typer.Option(help="Output directory (boxes.npz, summary.json, figures/).")],
-    dataset: Annotated[str, typer.Option(help="mnist | fashion-mnist | PATH.npz (arrays inputs, labels).")] = "mnist",
-    indices: Annotated[Optional[str], typer.Option(help="Samples to certify: START:STOP or a list 3,5,9.")] = None,
-    count: Annotated[Optional[int], typer.Option(help="Certify the first N samples.")] = None,
+    dataset: Annotated[
+        str, typer.Option(help="mnist | fashion-mnist | PATH.npz (arrays inputs, labels).")
+    ] = "mnist",
+    indices: Annotated[
+        str | None, typer.Option(help="Samples to certify: START:STOP or a list 3,5,9.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Certify the first N samples.")] = None,
     method: Annotated[str, typer.Option(help="Bound method: fastlin | crown | alpha-crown.")] = "crown",
     asymmetric: Annotated[bool, typer.Option(help="Separate radii below and above each feature.")] = False,
-    clip: Annotated[bool, typer.Option(help="Intersect boxes with the input domain (--no-clip: the paper's setting).")] = True,
-    per_logit: Annotated[bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")] = False,
+    clip: Annotated[
+        bool,
+        typer.Option(help="Intersect boxes with the input domain (--no-clip: the paper's setting)."),
+    ] = True,
+    per_logit: Annotated[
+        bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
+    ] = False,
     iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Samples optimised together (independent of each other).")] = 100,
+    batch_size: Annotated[
+        int, typer.Option(help="Samples optimised together (independent of each other).")
+    ] = 100,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Directory with the IDX .gz files (else embedded samples).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT without redoing finished samples.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory with the IDX .gz files (else embedded samples)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted run in OUT without redoing finished samples."),
+    ] = False,
     figures: Annotated[bool, typer.Option(help="Write per-sample and overview figures.")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform import certify_boxes
@@ -186,7 +236,9 @@ def certify(
     done: dict[int, CertifiedBoxes] = {}
     if (out / "boxes.npz").exists() or parts_dir.exists():
         if not resume:
-            raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+            raise UserError(
+                f"{out} already holds results; pass --resume to continue it or choose another --out"
+            )
         for p in sorted(parts_dir.glob("batch_*.npz")):
             part = CertifiedBoxes.load(p)
             if part.settings.get("model", {}).get("sha256") != card.sha256:
@@ -199,7 +251,11 @@ def certify(
     start_part = len(list(parts_dir.glob("batch_*.npz")))
     t0 = time.time()
     with progress_bar() as bar:
-        task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), completed=len(idx) - len(todo))
+        task = bar.add_task(
+            f"certifying with {card.name} ({method})",
+            total=len(idx),
+            completed=len(idx) - len(todo),
+        )
 
         def save_part(part, counter=[start_part]):  # noqa: B006 - a running counter
             part.settings["model"] = record
@@ -212,9 +268,19 @@ def certify(
 
         if len(todo):
             certify_boxes(
-                net, x[todo], y[todo], method=method, asymmetric=asymmetric, clip=clip,
-                per_logit=per_logit, iterations=iterations, batch_size=batch_size, device=dev,
-                indices=idx[todo], callback=save_part, seed=seed,
+                net,
+                x[todo],
+                y[todo],
+                method=method,
+                asymmetric=asymmetric,
+                clip=clip,
+                per_logit=per_logit,
+                iterations=iterations,
+                batch_size=batch_size,
+                device=dev,
+                indices=idx[todo],
+                callback=save_part,
+                seed=seed,
             )
     res = CertifiedBoxes.concat([done[int(i)] for i in idx])
     res.save(out / "boxes.npz")
@@ -228,7 +294,11 @@ def certify(
         fig_dir.mkdir(exist_ok=True)
         for k in range(min(len(res), 32)):
             sample_figure(res, k, fig_dir / f"sample_{int(res.indices[k]):05d}.png", class_names)
-        overview_figure(res, fig_dir / "overview.png", title=f"{card.name}: certified non-uniform boxes ({method})")
+        overview_figure(
+            res,
+            fig_dir / "overview.png",
+            title=f"{card.name}: certified non-uniform boxes ({method})",
+        )
     if json_out:
         out_console.print_json(json.dumps({"summary": summary, "samples": res.sample_rows()}))
     else:
@@ -244,11 +314,15 @@ def certify(
 @user_errors
 def verify(
     boxes: Annotated[Path, typer.Argument(help="boxes.npz written by `certify`.")],
-    model: Annotated[Optional[str], typer.Argument(help="Model (default: the one recorded in the file).")] = None,
+    model: Annotated[
+        str | None, typer.Argument(help="Model (default: the one recorded in the file).")
+    ] = None,
     attack_restarts: Annotated[int, typer.Option(help="PGD restarts per box.")] = 5,
     attack_steps: Annotated[int, typer.Option(help="PGD steps per restart.")] = 50,
     corners: Annotated[int, typer.Option(help="Random box vertices evaluated per box.")] = 256,
-    milp: Annotated[bool, typer.Option(help="Also decide each box exactly by MILP (small ReLU nets).")] = False,
+    milp: Annotated[
+        bool, typer.Option(help="Also decide each box exactly by MILP (small ReLU nets).")
+    ] = False,
     milp_time_limit: Annotated[float, typer.Option(help="Seconds per box for the MILP.")] = 60.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -271,8 +345,13 @@ def verify(
     if rec.get("sha256") and rec["sha256"] != card.sha256:
         console.print(f"[yellow]warning:[/] {model} differs from the model recorded in {boxes} (checksum)")
     cert = np.nonzero(res.certified)[0]
-    report = {"boxes": len(res), "certified": len(cert), "bound_failures": [], "attack_failures": [],
-              "milp": {}}
+    report = {
+        "boxes": len(res),
+        "certified": len(cert),
+        "bound_failures": [],
+        "attack_failures": [],
+        "milp": {},
+    }
     if len(cert):
         method = res.settings.get("method", "crown")
         lo = torch.tensor(res.lower[cert], dtype=torch.float64, device=dev)
@@ -282,12 +361,25 @@ def verify(
         from nonuniform.bounds import margin_spec
 
         with torch.no_grad():
-            lb, _ = compute_bounds(spec_model, lo, hi, margin_spec(preds, res_classes(net, lo)).double(),
-                                   method=method, bound_upper=False)
+            lb, _ = compute_bounds(
+                spec_model,
+                lo,
+                hi,
+                margin_spec(preds, res_classes(net, lo)).double(),
+                method=method,
+                bound_upper=False,
+            )
         bad = cert[(lb.min(1).values <= 0).cpu().numpy()]
         report["bound_failures"] = [int(res.indices[i]) for i in bad]
-        f = falsify_boxes(net, lo.float(), hi.float(), preds, restarts=attack_restarts,
-                          steps=attack_steps, corners=corners)
+        f = falsify_boxes(
+            net,
+            lo.float(),
+            hi.float(),
+            preds,
+            restarts=attack_restarts,
+            steps=attack_steps,
+            corners=corners,
+        )
         report["attack_failures"] = [int(res.indices[i]) for i in cert[f.broken.cpu().numpy()]]
         if milp:
             from nonuniform.exact import verify_box_milp
@@ -295,12 +387,20 @@ def verify(
             with progress_bar() as bar:
                 task = bar.add_task("MILP", total=len(cert))
                 for i in cert:
-                    r = verify_box_milp(net.cpu(), torch.tensor(res.lower[i]), torch.tensor(res.upper[i]),
-                                        int(res.preds[i]), time_limit=milp_time_limit)
+                    r = verify_box_milp(
+                        net.cpu(),
+                        torch.tensor(res.lower[i]),
+                        torch.tensor(res.upper[i]),
+                        int(res.preds[i]),
+                        time_limit=milp_time_limit,
+                    )
                     report["milp"][int(res.indices[i])] = r.status
                     bar.update(task, advance=1)
-    failed = bool(report["bound_failures"] or report["attack_failures"]
-                  or any(s == "counterexample" for s in report["milp"].values()))
+    failed = bool(
+        report["bound_failures"]
+        or report["attack_failures"]
+        or any(s == "counterexample" for s in report["milp"].values())
+    )
     report["ok"] = not failed
     if json_out:
         out_console.print_json(json.dumps(report))
@@ -308,8 +408,11 @@ def verify(
         out_console.print(
             f"{len(cert)} certified boxes checked: fresh bound failures {len(report['bound_failures'])}, "
             f"attack counterexamples {len(report['attack_failures'])}"
-            + (f", MILP {dict(zip(*np.unique(list(report['milp'].values()), return_counts=True)))}"
-               if milp else "")
+            + (
+                f", MILP {dict(zip(*np.unique(list(report['milp'].values()), return_counts=True)))}"
+                if milp
+                else ""
+            )
         )
         out_console.print("[green]OK[/]" if not failed else "[bold red]FAILED[/]")
     if failed:
@@ -323,7 +426,9 @@ def res_classes(net, x) -> int:
 
 @app.command()
 @user_errors
-def models(json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """List the embedded models and their cards."""
     from nonuniform.models import embedded_models, load_model
 
@@ -333,19 +438,27 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Machine-readab
         return
     t = Table(title="embedded models")
     for col in ("name", "arch", "dataset", "training", "clean acc", "PGD acc @0.1"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for c in cards:
         eps = c.recipe.get("adv_eps", 0)
-        t.add_row(c.name, c.arch, c.dataset, f"PGD eps {eps}" if eps else "normal",
-                  f"{c.metrics.get('clean_accuracy', float('nan')):.4f}",
-                  f"{c.metrics.get('pgd_accuracy@0.1', float('nan')):.4f}")
+        t.add_row(
+            c.name,
+            c.arch,
+            c.dataset,
+            f"PGD eps {eps}" if eps else "normal",
+            f"{c.metrics.get('clean_accuracy', float('nan')):.4f}",
+            f"{c.metrics.get('pgd_accuracy@0.1', float('nan')):.4f}",
+        )
     out_console.print(t)
 
 
 @app.command()
 @user_errors
 def train(
-    arch: Annotated[str, typer.Option(help="Architecture spec: mlp:100,100:relu, mlp:1024x3:tanh, cnn-small, cnn-medium.")],
+    arch: Annotated[
+        str,
+        typer.Option(help="Architecture spec: mlp:100,100:relu, mlp:1024x3:tanh, cnn-small, cnn-medium."),
+    ],
     out: Annotated[Path, typer.Option(help="Checkpoint path to write (.pt).")],
     dataset: Annotated[str, typer.Option(help="mnist | fashion-mnist.")] = "mnist",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
@@ -354,7 +467,7 @@ def train(
     lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one-cycle).")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Directory with the IDX .gz files.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Directory with the IDX .gz files.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Train a model (normally or adversarially) and save a checkpoint with its card."""
@@ -367,13 +480,22 @@ def train(
     net = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
     tr = load_dataset(info.name, "train", data_dir)
     te = load_dataset(info.name, "test", data_dir)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed
+    )
     train_model(net, tr.inputs, tr.labels, cfg)
     metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
     card = ModelCard(
-        name=out.stem, arch=arch, dataset=info.name, input_shape=info.input_shape, domain=info.domain,
-        class_names=info.class_names, mean=[info.mean], std=[info.std],
-        recipe={"optimizer": "Adam, one-cycle lr", **cfg.to_dict()}, metrics=metrics,
+        name=out.stem,
+        arch=arch,
+        dataset=info.name,
+        input_shape=info.input_shape,
+        domain=info.domain,
+        class_names=info.class_names,
+        mean=[info.mean],
+        std=[info.std],
+        recipe={"optimizer": "Adam, one-cycle lr", **cfg.to_dict()},
+        metrics=metrics,
         command=" ".join(["nonuniform", *sys.argv[1:]]),
     )
     save_checkpoint(net, card, out)
@@ -386,7 +508,9 @@ def train(
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write the figures and results.")] = Path("nonuniform-demo"),
+    out: Annotated[Path, typer.Option(help="Where to write the figures and results.")] = Path(
+        "nonuniform-demo"
+    ),
     count: Annotated[int, typer.Option(help="Number of embedded MNIST test images to certify.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -406,8 +530,14 @@ def demo(
         for name in ("mnist-mlp", "mnist-mlp-pgd"):
             net, card, dev = resolve_model(name, device)
             bar.update(task, description=f"certifying with {name}")
-            res = certify_boxes(net, x, y, method="crown", device=dev,
-                                callback=lambda p: bar.update(task, advance=len(p)))
+            res = certify_boxes(
+                net,
+                x,
+                y,
+                method="crown",
+                device=dev,
+                callback=lambda p: bar.update(task, advance=len(p)),
+            )
             res.settings["model"] = model_record(card)
             results[name] = res
             d = out / name
@@ -423,14 +553,28 @@ def demo(
         return
     a, b = results["mnist-mlp"], results["mnist-mlp-pgd"]
     t = Table(title=f"certified non-uniform boxes, {count} MNIST test images (CROWN)")
-    for col in ("sample", "label", "normal: mean log r", "normal: uniform r", "normal: gain",
-                "PGD: mean log r", "PGD: uniform r", "PGD: gain"):
+    for col in (
+        "sample",
+        "label",
+        "normal: mean log r",
+        "normal: uniform r",
+        "normal: gain",
+        "PGD: mean log r",
+        "PGD: uniform r",
+        "PGD: gain",
+    ):
         t.add_column(col, justify="right")
     for k in range(count):
-        def cells(r):
+
+        def cells(r, k=k):
             if not r.certified[k]:
                 return ["not certified", f"{r.uniform_radius[k]:.4f}", "-"]
-            return [f"{r.mean_log_radius[k]:.2f}", f"{r.uniform_radius[k]:.4f}", f"{r.volume_gain[k]:.0f}"]
+            return [
+                f"{r.mean_log_radius[k]:.2f}",
+                f"{r.uniform_radius[k]:.4f}",
+                f"{r.volume_gain[k]:.0f}",
+            ]
+
         t.add_row(str(k), str(int(y[k])), *cells(a), *cells(b))
     out_console.print(t)
     sa, sb = a.summary(), b.summary()

@@ -101,11 +101,11 @@ def main() -> None:
                     continue
                 lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
 
-                def plain(lo=lo, hi=hi, method=method):
+                def plain(lo=lo, hi=hi, method=method, bm=bm):
                     with torch.no_grad():
                         bm.bounds(lo, hi, method=method, bound_upper=False)
 
-                def with_grad(lo=lo, hi=hi, method=method):
+                def with_grad(lo=lo, hi=hi, method=method, bm=bm):
                     lo_, hi_ = lo.clone().requires_grad_(), hi.clone().requires_grad_()
                     lb, _ = bm.bounds(lo_, hi_, method=method, bound_upper=False)
                     lb.sum().backward()

@@ -297,9 +297,7 @@ class BoundedModel:
             if isinstance(self.net.ops[i].relaxation, PiecewiseLinear) and ((l < 0) & (u > 0)).any()
         ]
         if not layers or steps <= 0:
-            return self.backward(
-                lam, len(self.net.ops), state.relaxations, state.lower, state.upper
-            )
+            return self.backward(lam, len(self.net.ops), state.relaxations, state.lower, state.upper)
         detached = {i: r.detach() for i, r in state.relaxations.items()}
         pre_d = {i: (l.detach(), u.detach()) for i, (l, u) in state.pre.items()}
         alpha = {

@@ -235,9 +235,7 @@ def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
     try:
         lo, hi = (torch.as_tensor(d, dtype=like.dtype, device=like.device).expand_as(like) for d in domain)
     except RuntimeError:
-        raise ValueError(
-            f"domain arrays must broadcast to one input's shape {tuple(like.shape)}"
-        ) from None
+        raise ValueError(f"domain arrays must broadcast to one input's shape {tuple(like.shape)}") from None
     return lo, hi
 
 
@@ -381,9 +379,7 @@ def _optimise(p: _Problem, rho: Tensor, active: Tensor) -> tuple[Tensor, Tensor]
                 lam[idx] = torch.relu(lam_a - mu_a * g)
                 viol = torch.relu(-g).max(1).values
                 grow = viol > 0.25 * prev_viol[idx]
-                mu[idx] = torch.where(
-                    grow, (mu[idx] * cfg.mu_growth).clamp(max=cfg.mu_max), mu[idx]
-                )
+                mu[idx] = torch.where(grow, (mu[idx] * cfg.mu_growth).clamp(max=cfg.mu_max), mu[idx])
                 done = (viol <= cfg.tol) & ((obj - prev_obj[idx]).abs() < cfg.ftol)
                 active[idx[done]] = False
                 prev_obj[idx], prev_viol[idx] = obj, viol
@@ -594,9 +590,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "CUDA was requested but torch.cuda.is_available() is False; use --device cpu"
-        )
+        raise ValueError("CUDA was requested but torch.cuda.is_available() is False; use --device cpu")
     return dev
 
 

@@ -128,9 +128,7 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError) as e:
-        raise DataError(
-            f"{path}: not a readable gzip file ({e}); delete it and download it again"
-        ) from None
+        raise DataError(f"{path}: not a readable gzip file ({e}); delete it and download it again") from None
     if len(raw) < 8:
         raise DataError(f"{path}: truncated IDX header; delete it and download it again")
     magic, count = struct.unpack(">II", raw[:8])
@@ -162,9 +160,7 @@ def md5sum(path: Path) -> str:
 Opener = Callable[[str], "object"]
 
 
-def download(
-    info: DatasetInfo, key: str, dest_dir: Path, opener: Opener = urllib.request.urlopen
-) -> Path:
+def download(info: DatasetInfo, key: str, dest_dir: Path, opener: Opener = urllib.request.urlopen) -> Path:
     """Fetch one file into ``dest_dir`` from the first mirror that answers with the right md5."""
     fname, md5 = info.files[key]
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,10 @@ def verify_box_milp(
             timed_out = True
             break
         res = milp(
-            c, integrality=integrality, bounds=bounds, constraints=constraints,
+            c,
+            integrality=integrality,
+            bounds=bounds,
+            constraints=constraints,
             options={"time_limit": remaining, "mip_rel_gap": gap, "presolve": True},
         )
         if res.x is None:

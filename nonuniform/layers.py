@@ -21,9 +21,7 @@ class Normalize(nn.Module):
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
-            raise ValueError(
-                f"Normalize: mean has {mean_t.numel()} values but std has {std_t.numel()}"
-            )
+            raise ValueError(f"Normalize: mean has {mean_t.numel()} values but std has {std_t.numel()}")
         if (std_t <= 0).any():
             raise ValueError("Normalize: every std must be > 0")
         n = max(mean_t.numel(), std_t.numel())

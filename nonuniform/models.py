@@ -55,14 +55,10 @@ class ModelCard:
 def parse_mlp(spec: str) -> tuple[list[int], str]:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] != "mlp":
-        raise ModelError(
-            f"bad MLP spec '{spec}'; expected e.g. 'mlp:100,100:relu' or 'mlp:1024x3:tanh'"
-        )
+        raise ModelError(f"bad MLP spec '{spec}'; expected e.g. 'mlp:100,100:relu' or 'mlp:1024x3:tanh'")
     act = parts[2] if len(parts) == 3 else "relu"
     if act not in ACTIVATIONS:
-        raise ModelError(
-            f"unknown activation '{act}' in '{spec}'; choose one of {', '.join(ACTIVATIONS)}"
-        )
+        raise ModelError(f"unknown activation '{act}' in '{spec}'; choose one of {', '.join(ACTIVATIONS)}")
     try:
         if "x" in parts[1]:
             width, depth = parts[1].split("x")
@@ -125,9 +121,7 @@ def build_model(
             nn.ReLU(),
             nn.Linear(512, num_classes),
         )
-    raise ModelError(
-        f"unknown architecture '{arch}'; use 'mlp:<sizes>:<act>', 'cnn-small' or 'cnn-medium'"
-    )
+    raise ModelError(f"unknown architecture '{arch}'; use 'mlp:<sizes>:<act>', 'cnn-small' or 'cnn-medium'")
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> None:

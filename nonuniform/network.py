@@ -105,14 +105,10 @@ class ConvOp(AffineOp):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward_abs(self, r: Tensor) -> Tensor:
-        return F.conv2d(
-            r, self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups
-        )
+        return F.conv2d(r, self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups)
 
     def backward(self, lam: Tensor) -> Tensor:
         b, s = lam.shape[:2]
@@ -229,8 +225,7 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
         if isinstance(padding, str):
             if padding != "valid":
                 raise UnsupportedModelError(
-                    f"layer '{name}' (Conv2d) uses padding='{padding}'; give explicit integer "
-                    "padding instead"
+                    f"layer '{name}' (Conv2d) uses padding='{padding}'; give explicit integer padding instead"
                 )
             padding = (0, 0)
         return ConvOp(

@@ -30,7 +30,10 @@ def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=Non
     r_lo, r_hi = x - lo, hi - x
     # a vertex of the box: every pixel pushed to whichever end is farther (a worst-looking input)
     vertex = np.where(r_hi >= r_lo, hi, lo)
-    name = (lambda k: class_names[k] if class_names else str(k))
+
+    def name(k: int) -> str:
+        return class_names[k] if class_names else str(k)
+
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
     vmax = max(float(r_lo.max()), float(r_hi.max()), 1e-12)
     panels = [

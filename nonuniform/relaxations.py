@@ -52,9 +52,7 @@ class Relaxation:
     def f(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def relax(
-        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
-    ) -> LinearRelaxation:
+    def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
         """Sound lines on [l, u]. ``mode`` is ``"crown"`` or ``"fastlin"``.
 
         ``alpha`` (optional, ``(batch, specs, *features)``) overrides the lower slope of unstable
@@ -92,9 +90,7 @@ class PiecewiseLinear(Relaxation):
         # Stable neurons are relaxed exactly whatever their bounds are.
         return (l < 0) & (u > 0)
 
-    def relax(
-        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
-    ) -> LinearRelaxation:
+    def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
         a = self.negative_slope
         unstable = (l < 0) & (u > 0)
         active = l >= 0
@@ -105,9 +101,7 @@ class PiecewiseLinear(Relaxation):
         upper_slope = torch.where(unstable, chord, stable_slope)
         upper_bias = torch.where(unstable, u - chord * u, torch.zeros_like(l))
         if alpha is not None:
-            lower_slope = torch.where(
-                unstable.unsqueeze(1), alpha.clamp(a, 1.0), stable_slope.unsqueeze(1)
-            )
+            lower_slope = torch.where(unstable.unsqueeze(1), alpha.clamp(a, 1.0), stable_slope.unsqueeze(1))
         elif mode == "fastlin":
             lower_slope = upper_slope.unsqueeze(1)
         else:
@@ -189,19 +183,13 @@ class SShaped(Relaxation):
         tan_bias = self.f(d) - tan_slope * d
 
         straddle_chord = self.derivative(u) >= chord_slope
-        slope = torch.where(
-            l >= 0, mid_slope, torch.where((u <= 0) | straddle_chord, chord_slope, tan_slope)
-        )
-        bias = torch.where(
-            l >= 0, mid_bias, torch.where((u <= 0) | straddle_chord, chord_bias, tan_bias)
-        )
+        slope = torch.where(l >= 0, mid_slope, torch.where((u <= 0) | straddle_chord, chord_slope, tan_slope))
+        bias = torch.where(l >= 0, mid_bias, torch.where((u <= 0) | straddle_chord, chord_bias, tan_bias))
         slope = torch.where(tiny, torch.zeros_like(slope), slope)
         bias = torch.where(tiny, fu, bias)
         return slope, bias
 
-    def relax(
-        self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None
-    ) -> LinearRelaxation:
+    def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
         up_slope, up_bias = self._upper(l, u)
         neg_slope, neg_bias = self._upper(-u, -l)
         # f(z) = s - f(-z) >= s - (a*(-z) + b) = a*z + (s - b)

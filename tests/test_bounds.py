@@ -198,9 +198,7 @@ def _reference_crown(model: nn.Sequential, lower, upper, spec):
         if isinstance(m, nn.ReLU):
             layers.append(("affine", nn.Sequential(*pending), shape))
             with torch.no_grad():
-                shape = nn.Sequential(*pending)(torch.zeros(1, *shape, dtype=torch.float64)).shape[
-                    1:
-                ]
+                shape = nn.Sequential(*pending)(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:]
             layers.append(("relu",))
             pending = []
         elif not isinstance(m, (nn.Dropout, nn.Identity)):

@@ -65,7 +65,9 @@ def test_toy_boxes_survive_attacks_and_milp(toy, opts):
     assert res.certified.sum() >= 8
     _assert_unbroken(model, res)
     for i in np.nonzero(res.certified)[0][:6]:
-        out = verify_box_milp(model, torch.tensor(res.lower[i]), torch.tensor(res.upper[i]), int(res.preds[i]))
+        out = verify_box_milp(
+            model, torch.tensor(res.lower[i]), torch.tensor(res.upper[i]), int(res.preds[i])
+        )
         assert out.status == "robust", (i, out)
     assert (res.log_volume[res.certified] >= res.uniform_log_volume[res.certified] - 1e-9).all()
 
@@ -129,7 +131,10 @@ def test_small_mnist_mlp_boxes_are_robust_by_milp():
     _assert_unbroken(net, res, restarts=2)
     for i in np.nonzero(res.certified)[0]:
         out = verify_box_milp(
-            net, torch.tensor(res.lower[i]), torch.tensor(res.upper[i]), int(res.preds[i]),
+            net,
+            torch.tensor(res.lower[i]),
+            torch.tensor(res.upper[i]),
+            int(res.preds[i]),
             time_limit=60,
         )
         assert out.status == "robust", (i, out)
@@ -206,5 +211,14 @@ def test_save_load_roundtrip(tmp_path, mnist_crown):
         np.testing.assert_array_equal(getattr(back, k), getattr(mnist_crown, k))
     assert back.settings == mnist_crown.settings
     with np.load(path) as z:  # outside tools need nothing but numpy
-        assert {"inputs", "lower", "upper", "labels", "preds", "certified", "log_volume",
-                "uniform_radius", "apothem"} <= set(z.files)
+        assert {
+            "inputs",
+            "lower",
+            "upper",
+            "labels",
+            "preds",
+            "certified",
+            "log_volume",
+            "uniform_radius",
+            "apothem",
+        } <= set(z.files)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The full data sets: $NONUNIFORM_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("NONUNIFORM_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (cand / "mnist").is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("full MNIST/Fashion-MNIST not found: set NONUNIFORM_DATA or put ../shared/data")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)

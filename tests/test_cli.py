@@ -1,0 +1,186 @@
+"""Every command through Typer's runner, including error paths and --resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import nonuniform
+from cli.main import app
+from nonuniform import CertifiedBoxes
+
+runner = CliRunner()
+
+
+def run(*args, ok=True):
+    res = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert res.exit_code == 0, (res.output, res.exception)
+    return res
+
+
+def test_certify_writes_results_and_verify_passes(tmp_path):
+    out = tmp_path / "run"
+    res = run("certify", "mnist-mlp", "--out", out, "--count", 3, "--iterations", 20, "--json")
+    payload = json.loads(res.stdout)
+    assert payload["summary"]["certified"] == 3 and len(payload["samples"]) == 3
+    boxes = CertifiedBoxes.load(out / "boxes.npz")
+    assert boxes.settings["model"]["source"] == "embedded:mnist-mlp"
+    assert (out / "summary.json").exists() and (out / "figures" / "overview.png").exists()
+    assert (out / "figures" / "sample_00000.png").exists()
+    res = run("verify", out / "boxes.npz", "--attack-restarts", 2, "--json")
+    assert json.loads(res.stdout)["ok"] is True
+
+
+def test_verify_fails_on_a_tampered_box(tmp_path):
+    out = tmp_path / "run"
+    run("certify", "mnist-mlp", "--out", out, "--count", 2, "--iterations", 10, "--no-figures")
+    boxes = CertifiedBoxes.load(out / "boxes.npz")
+    boxes.lower[:] = 0.0  # claim the whole domain is certified
+    boxes.upper[:] = 1.0
+    boxes.save(tmp_path / "tampered.npz")
+    res = run("verify", tmp_path / "tampered.npz", "--attack-restarts", 1, ok=False)
+    assert res.exit_code == 1 and "FAILED" in res.stdout
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = nonuniform.certify_boxes
+    seen: list[int] = []
+
+    def interrupted(*args, callback=None, **kw):
+        def cb(part):
+            callback(part)
+            raise KeyboardInterrupt  # the run dies after its first batch was written
+
+        return real(*args, callback=cb, **kw)
+
+    monkeypatch.setattr(nonuniform, "certify_boxes", interrupted)
+    res = run(
+        "certify",
+        "mnist-mlp",
+        "--out",
+        out,
+        "--count",
+        4,
+        "--batch-size",
+        2,
+        "--iterations",
+        10,
+        "--no-figures",
+        ok=False,
+    )
+    assert res.exit_code != 0
+    assert len(list((out / "parts").glob("batch_*.npz"))) == 1 and not (out / "boxes.npz").exists()
+
+    def counting(model, inputs, *args, indices=None, **kw):
+        seen.extend(int(i) for i in indices)
+        return real(model, inputs, *args, indices=indices, **kw)
+
+    monkeypatch.setattr(nonuniform, "certify_boxes", counting)
+    res = run(
+        "certify",
+        "mnist-mlp",
+        "--out",
+        out,
+        "--count",
+        4,
+        "--batch-size",
+        2,
+        "--iterations",
+        10,
+        ok=False,
+    )
+    assert res.exit_code == 2 and "--resume" in res.output  # refuses to overwrite silently
+    run(
+        "certify",
+        "mnist-mlp",
+        "--out",
+        out,
+        "--count",
+        4,
+        "--batch-size",
+        2,
+        "--iterations",
+        10,
+        "--no-figures",
+        "--resume",
+    )
+    assert seen == [2, 3]  # only the unfinished samples were redone
+    boxes = CertifiedBoxes.load(out / "boxes.npz")
+    assert boxes.indices.tolist() == [0, 1, 2, 3]
+
+
+def test_models_and_demo(tmp_path):
+    res = run("models", "--json")
+    assert {c["name"] for c in json.loads(res.stdout)} >= {"mnist-mlp", "mnist-mlp-pgd"}
+    res = run("demo", "--out", tmp_path / "demo", "--count", 2, "--json")
+    summary = json.loads(res.stdout)
+    assert summary["mnist-mlp-pgd"]["mean_log_radius"] > summary["mnist-mlp"]["mean_log_radius"]
+    assert (tmp_path / "demo" / "demo.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["certify", "no-such-model", "--out", "x"], "neither an embedded model"),
+        (
+            ["certify", "mnist-mlp", "--out", "x", "--indices", "90:120"],
+            "outside the 100 available",
+        ),
+        (["certify", "mnist-mlp", "--out", "x", "--indices", "a:b"], "bad index range"),
+        (["certify", "mnist-mlp", "--out", "x", "--device", "cuda"], "CUDA was requested"),
+        (
+            ["certify", "mnist-mlp", "--out", "x", "--dataset", "missing.npz"],
+            "missing.npz: file not found",
+        ),
+        (["certify", "mnist-mlp", "--out", "x", "--data-dir", "/nonexistent"], "does not exist"),
+        (
+            ["certify", "mnist-mlp", "--out", "x", "--method", "deeppoly", "--count", "1"],
+            "unknown bound method",
+        ),
+        (["verify", "missing.npz"], "file not found"),
+        (["demo", "--count", "0"], "--count must be between"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    res = run(*args, ok=False)
+    assert res.exit_code == 2, res.output
+    assert needle in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_certify_from_npz_and_full_dataset(tmp_path, data_dir):
+    from nonuniform.samples import load_samples
+
+    x, y = load_samples("mnist")
+    np.savez(tmp_path / "mine.npz", inputs=x[:2].numpy(), labels=y[:2].numpy())
+    run(
+        "certify",
+        "mnist-mlp",
+        "--out",
+        tmp_path / "a",
+        "--dataset",
+        tmp_path / "mine.npz",
+        "--iterations",
+        5,
+        "--no-figures",
+    )
+    res = run(
+        "certify",
+        "mnist-mlp-pgd",
+        "--out",
+        tmp_path / "b",
+        "--data-dir",
+        data_dir,
+        "--indices",
+        "9000:9002",
+        "--iterations",
+        5,
+        "--no-figures",
+        "--json",
+    )
+    assert [s["index"] for s in json.loads(res.stdout)["samples"]] == [9000, 9001]
