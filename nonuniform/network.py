@@ -290,6 +290,40 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
     )
 
 
+def _fold_channel_affine(ops: list[Op]) -> list[Op]:
+    """Merge ``ChannelAffine [-> Flatten] -> Linear`` into one Linear (exact algebra).
+
+    A Normalize input layer otherwise costs a full pass over the widest tensor of every backward
+    pass. Convolutions are not folded: zero padding would see the un-normalised zeros.
+    """
+    out: list[Op] = []
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        j = i + 1 + (i + 1 < len(ops) and isinstance(ops[i + 1], FlattenOp))
+        if isinstance(op, ChannelAffineOp) and j < len(ops) and isinstance(ops[j], LinearOp):
+            lin: LinearOp = ops[j]  # type: ignore[assignment]
+            n = lin.in_shape[-1]
+            per_channel = op.in_shape[0]
+            reps = n // per_channel if n % per_channel == 0 else None
+            if reps is not None and (j == i + 1) == (len(op.in_shape) == 1):
+                # channel c covers flattened features [c*reps, (c+1)*reps) (channel-major order)
+                scale = op.scale.repeat_interleave(reps) if op.scale.numel() > 1 else op.scale.expand(n)
+                shift = op.shift.repeat_interleave(reps) if op.shift.numel() > 1 else op.shift.expand(n)
+                bias = lin.weight @ shift + (lin.bias if lin.bias is not None else 0)
+                folded = LinearOp(f"{op.name}+{lin.name}", f"{op.kind}+{lin.kind}", lin.weight * scale, bias)
+                if j == i + 2:
+                    out.append(ops[i + 1])
+                    ops[i + 1].in_shape = op.in_shape
+                folded.in_shape, folded.out_shape = lin.in_shape, lin.out_shape
+                out.append(folded)
+                i = j + 1
+                continue
+        out.append(op)
+        i += 1
+    return out
+
+
 class Network:
     """A model as a flat list of ops, with shapes recorded for one input shape.
 
@@ -328,7 +362,7 @@ class Network:
                 f"the model's output has shape {tuple(x.shape[1:])} per sample; a classifier must "
                 "output one vector of logits (add nn.Flatten / a final nn.Linear)"
             )
-        self.ops = ops
+        self.ops = _fold_channel_affine(ops)
         self.num_classes = x.shape[1]
         self.dtype, self.device = dtype, device
 
