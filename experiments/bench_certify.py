@@ -55,15 +55,22 @@ def main() -> None:
     ]
     for method in ("fastlin", "crown", "alpha-crown"):
         sec, s = run(model, x, y, method=method, batch_size=100)
-        lines.append(f"| {method} | {sec:.3f} | {s['certified']} | {s['mlr']:.3f} | {s['umlr']:.3f} | {s['iters']:.0f} |")
+        lines.append(
+            f"| {method} | {sec:.3f} | {s['certified']} | {s['mlr']:.3f} | {s['umlr']:.3f} | {s['iters']:.0f} |"
+        )
         print(lines[-1], flush=True)
     lines += ["", "## Batch size (crown, 100 samples)", "", "| batch | s / sample |", "|---:|---:|"]
     for b in (10, 25, 50, 100):
         sec, _ = run(model, x, y, method="crown", batch_size=b)
         lines.append(f"| {b} | {sec:.3f} |")
         print(lines[-1], flush=True)
-    lines += ["", "## Width (crown, batch 50, 50 samples, random-init MLP 784-w-w-10)", "",
-              "| width | s / sample |", "|---:|---:|"]
+    lines += [
+        "",
+        "## Width (crown, batch 50, 50 samples, random-init MLP 784-w-w-10)",
+        "",
+        "| width | s / sample |",
+        "|---:|---:|",
+    ]
     for w in (100, 256, 512):
         torch.manual_seed(0)
         net = build_model(f"mlp:{w},{w}:relu", mean=0.1307, std=0.3081).eval()

@@ -81,3 +81,52 @@ def overview_figure(res: CertifiedBoxes, path: str | Path, max_samples: int = 16
     fig.suptitle(title or "certified non-uniform boxes: inputs (top), half-widths (bottom)", fontsize=10)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
+
+
+def feature_map_figure(scores: np.ndarray, free: np.ndarray, path: str | Path, title: str) -> None:
+    """Per-feature robustness as an image for image inputs (bar chart otherwise)."""
+    full = np.full(free.shape, np.nan)
+    full[free] = scores
+    fig, ax = plt.subplots(figsize=(4.4, 3.8) if full.ndim >= 2 else (8, 3))
+    if full.ndim >= 2:
+        im = ax.imshow(_image(full), cmap="viridis")
+        fig.colorbar(im, ax=ax, label="standardised log half-width")
+        ax.axis("off")
+    else:
+        ax.bar(np.arange(full.size), full)
+        ax.set_xlabel("feature")
+        ax.set_ylabel("standardised log half-width")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def similarity_figure(sim: np.ndarray, labels: np.ndarray, path: str | Path, title: str) -> None:
+    """Pairwise similarity matrix with samples ordered by class."""
+    order = np.argsort(labels, kind="stable")
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    im = ax.imshow(sim[np.ix_(order, order)], cmap="coolwarm", vmin=-1, vmax=1)
+    bounds = np.nonzero(np.diff(labels[order]))[0] + 0.5
+    for b in bounds:
+        ax.axhline(b, color="k", lw=0.5)
+        ax.axvline(b, color="k", lw=0.5)
+    fig.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("samples (ordered by class)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def radius_histograms(named_log_radii: dict[str, np.ndarray], path: str | Path) -> None:
+    """Histograms of log half-widths, one panel per model, shared x axis."""
+    names = list(named_log_radii)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), sharex=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.hist(named_log_radii[name].ravel(), bins=60, color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("log half-width")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

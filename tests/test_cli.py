@@ -184,3 +184,24 @@ def test_certify_from_npz_and_full_dataset(tmp_path, data_dir):
         "--json",
     )
     assert [s["index"] for s in json.loads(res.stdout)["samples"]] == [9000, 9001]
+
+
+def test_rank_compares_two_models(tmp_path):
+    for name in ("mnist-mlp", "mnist-mlp-pgd"):
+        run("certify", name, "--out", tmp_path / name, "--count", 6, "--iterations", 15, "--no-figures")
+    res = run(
+        "rank",
+        tmp_path / "mnist-mlp" / "boxes.npz",
+        "--out",
+        tmp_path / "rank",
+        "--compare",
+        tmp_path / "mnist-mlp-pgd" / "boxes.npz",
+        "--json",
+    )
+    report = json.loads(res.stdout)
+    assert set(report) == {"mnist-mlp", "mnist-mlp-pgd"}
+    assert len(report["mnist-mlp"]["least_robust_features"]) == 20
+    assert (tmp_path / "rank" / "feature_map_mnist-mlp.png").exists()
+    assert (tmp_path / "rank" / "radius_histograms.png").exists()
+    res = run("rank", tmp_path / "missing.npz", "--out", tmp_path / "r2", ok=False)
+    assert res.exit_code == 2
