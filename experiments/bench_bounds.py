@@ -37,32 +37,6 @@ def mlp_1024() -> nn.Module:
     ).eval()
 
 
-def mlp_100() -> nn.Module:
-    return nn.Sequential(
-        Normalize(0.1307, 0.3081),
-        nn.Flatten(),
-        nn.Linear(784, 100),
-        nn.ReLU(),
-        nn.Linear(100, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    ).eval()
-
-
-def cnn_small() -> nn.Module:
-    return nn.Sequential(
-        Normalize(0.1307, 0.3081),
-        nn.Conv2d(1, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    ).eval()
-
-
 def time_call(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -83,11 +57,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_bounds.md"))
     args = ap.parse_args()
     torch.manual_seed(0)
+    from nonuniform import load_model
+    from nonuniform.samples import load_samples
+
     models = {
-        "MLP 784-100-100-10": mlp_100(),
-        "MLP 784-1024x3-10": mlp_1024(),
-        "CNN 2conv+2fc": cnn_small(),
+        "MLP 784-100-100-10 (mnist-mlp)": load_model("mnist-mlp")[0],
+        "MLP 784-1024x3-10 (random init)": mlp_1024(),
+        "CNN 2conv+2fc (mnist-cnn-small)": load_model("mnist-cnn-small")[0],
     }
+    images, _ = load_samples("mnist")
     batches = (1, 32) if args.quick else (1, 32, 256)
     methods = ("ibp", "fastlin", "crown", "alpha-crown")
     rows = []

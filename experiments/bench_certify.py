@@ -56,7 +56,8 @@ def main() -> None:
     for method in ("fastlin", "crown", "alpha-crown"):
         sec, s = run(model, x, y, method=method, batch_size=100)
         lines.append(
-            f"| {method} | {sec:.3f} | {s['certified']} | {s['mlr']:.3f} | {s['umlr']:.3f} | {s['iters']:.0f} |"
+            f"| {method} | {sec:.3f} | {s['certified']} | {s['mlr']:.3f} | {s['umlr']:.3f} "
+            f"| {s['iters']:.0f} |"
         )
         print(lines[-1], flush=True)
     lines += ["", "## Batch size (crown, 100 samples)", "", "| batch | s / sample |", "|---:|---:|"]
