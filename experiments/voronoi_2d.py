@@ -33,7 +33,7 @@ def main() -> None:
     y = torch.cdist(x, centres).argmin(1)
     net = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for step in range(1500):
+    for _ in range(1500):
         idx = torch.randint(0, len(x), (512,), generator=g)
         loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
@@ -87,7 +87,8 @@ def main() -> None:
         "| certified | mean log-volume gain over uniform (nats) | min gain | grid points inside boxes | "
         "grid points of another class inside a box |",
         "|---:|---:|---:|---:|---:|",
-        f"| {int(cert.sum())}/20 | {gain.mean():.3f} | {gain.min():.3f} | {sum(inside_counts)} | {violations} |",
+        f"| {int(cert.sum())}/20 | {gain.mean():.3f} | {gain.min():.3f} | {sum(inside_counts)} "
+        f"| {violations} |",
         "",
         "![boxes](voronoi_2d.png)",
     ]
