@@ -130,3 +130,38 @@ def radius_histograms(named_log_radii: dict[str, np.ndarray], path: str | Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def explanation_figure(inputs: np.ndarray, sets: np.ndarray, indices, path: str | Path, title: str) -> None:
+    """Inputs with their explanation set (least-robust features) overlaid in red."""
+    n = min(len(inputs), 12)
+    fig, axes = plt.subplots(1, n, figsize=(1.7 * n, 2.2), squeeze=False)
+    for k in range(n):
+        img = _image(inputs[k])
+        rgb = np.stack([img, img, img], -1)
+        m = _image(sets[k].astype(float)) > 0
+        rgb[m] = 0.4 * rgb[m] + 0.6 * np.array([1.0, 0.1, 0.1])
+        axes[0, k].imshow(rgb)
+        axes[0, k].set_title(f"#{int(indices[k])}", fontsize=8)
+        axes[0, k].axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def explanation_curves(scores: list, path: str | Path) -> None:
+    """Mean Robustness-S_r and -S_r-complement over k, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for s in scores:
+        ks = np.array(s.k_fractions) * 100
+        axes[0].plot(ks, s.s_r.mean(1), marker="o", label=s.method)
+        axes[1].plot(ks, s.s_r_complement.mean(1), marker="o", label=s.method)
+    axes[0].set_title("Robustness-S_r (lower is better)", fontsize=9)
+    axes[1].set_title("Robustness-S_r-complement (higher is better)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("k (% of features)")
+        ax.set_ylabel("min L-inf budget found by PGD")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

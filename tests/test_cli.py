@@ -205,3 +205,24 @@ def test_rank_compares_two_models(tmp_path):
     assert (tmp_path / "rank" / "radius_histograms.png").exists()
     res = run("rank", tmp_path / "missing.npz", "--out", tmp_path / "r2", ok=False)
     assert res.exit_code == 2
+
+
+def test_explain_command(tmp_path):
+    run("certify", "mnist-mlp", "--out", tmp_path / "c", "--count", 2, "--iterations", 10, "--no-figures")
+    res = run(
+        "explain",
+        tmp_path / "c" / "boxes.npz",
+        "--out",
+        tmp_path / "e",
+        "--k",
+        "0.05,40",
+        "--max-samples",
+        2,
+        "--json",
+    )
+    report = json.loads(res.stdout)
+    assert report["sets"] == {"0.05": 39, "40": 40}
+    assert set(report["evaluation"]) >= {"certified box (ours)", "saliency |grad|", "random"}
+    assert (tmp_path / "e" / "evaluation_curves.png").exists()
+    res = run("explain", tmp_path / "c" / "boxes.npz", "--out", tmp_path / "e", "--k", "x", ok=False)
+    assert res.exit_code == 2
