@@ -138,7 +138,7 @@ def masked_pgd(
     broken = torch.zeros(len(x0), dtype=torch.bool)
     for r in range(restarts):
         x = x0.clone() if r == 0 else lo + torch.rand(x0.shape, generator=g) * (hi - lo)
-        for t in range(steps):
+        for _ in range(steps):
             x.requires_grad_(True)
             with torch.enable_grad():
                 v = obj(x)
