@@ -60,7 +60,8 @@ def main() -> None:
         "100 augmented-Lagrangian iterations; every box re-checked in float64.",
         f"Reproduce: `.venv/bin/python experiments/reproduce_paper.py --count {args.count}`.",
         "",
-        "| model | setting | certified | mean log r | uniform mean log r | gain (nats) | apothem | s / sample |",
+        "| model | setting | certified | mean log r | uniform mean log r | gain (nats) | apothem "
+        "| s / sample |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, dataset in MODELS.items():
