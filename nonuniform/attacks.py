@@ -85,7 +85,8 @@ def corner_minimize(
     gen = torch.Generator(device=lower.device)
     if seed is not None:
         gen.manual_seed(seed)
-    best_x, best_v = lower.clone(), torch.full(lower.shape[:1], float("inf"), dtype=lower.dtype)
+    best_x = lower.clone()
+    best_v = torch.full(lower.shape[:1], float("inf"), dtype=lower.dtype, device=lower.device)
     with torch.no_grad():
         for _ in range(samples):
             pick = torch.rand(lower.shape, generator=gen, device=lower.device) < 0.5

@@ -562,7 +562,7 @@ def _certify_batch(
     with torch.no_grad():
         lv_final = p.mean_log_width(lower, upper) * p.n_free
         half = ((upper - lower) / 2).flatten(1)[:, p.free.flatten()]
-        apothem = half.min(1).values if half.shape[1] else torch.zeros(b)
+        apothem = half.min(1).values if half.shape[1] else torch.zeros(b, device=x0.device)
     neg_inf = torch.full_like(lv_final, -math.inf)
     return CertifiedBoxes(
         inputs=x0.cpu().numpy(),

@@ -62,8 +62,8 @@ def verify_box_milp(
     only when every proven bound is > 0.
     """
     t0 = time.perf_counter()
-    lower = torch.as_tensor(lower, dtype=torch.float64)[None]
-    upper = torch.as_tensor(upper, dtype=torch.float64)[None]
+    lower = torch.as_tensor(lower).detach().cpu().to(torch.float64)[None]  # HiGHS runs on the CPU
+    upper = torch.as_tensor(upper).detach().cpu().to(torch.float64)[None]
     bm = BoundedModel(model, tuple(lower.shape[1:]), torch.float64)
     ops = bm.net.ops
     for op in ops:

@@ -78,7 +78,7 @@ class RandomRanking:
 
     def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
-        return torch.rand(inputs.shape, generator=g).to(inputs)
+        return torch.rand(inputs.shape, generator=g).to(inputs)  # CPU draws: device-independent
 
 
 def robustness_attribution(boxes: CertifiedBoxes) -> Tensor:
@@ -102,7 +102,9 @@ def top_k_mask(importance: Tensor, k: int | float, free: Tensor | None = None, s
     kk = int(round(k * n_free)) if isinstance(k, float) else int(k)
     kk = max(0, min(kk, n_free))
     g = torch.Generator().manual_seed(seed)
-    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64) * 1e-9 * (flat.abs().max() + 1)
+    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64).to(flat.device)
+    finite = flat[torch.isfinite(flat)]
+    jitter = jitter * 1e-9 * ((finite.abs().max() if finite.numel() else 0.0) + 1)
     idx = torch.topk(flat + jitter, kk, dim=1).indices
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask.scatter_(1, idx, True)
@@ -135,9 +137,10 @@ def masked_pgd(
     e = eps.reshape(shape) * mask
     lo, hi = (x0 - e).clamp(*domain), (x0 + e).clamp(*domain)
     g = torch.Generator().manual_seed(seed)
-    broken = torch.zeros(len(x0), dtype=torch.bool)
+    broken = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
     for r in range(restarts):
-        x = x0.clone() if r == 0 else lo + torch.rand(x0.shape, generator=g) * (hi - lo)
+        noise = torch.rand(x0.shape, generator=g).to(x0)  # CPU generator: same draws on any device
+        x = x0.clone() if r == 0 else lo + noise * (hi - lo)
         for _ in range(steps):
             x.requires_grad_(True)
             with torch.enable_grad():
@@ -164,8 +167,8 @@ def min_attack_budget(
     """Smallest budget (to 2^-bisection of the domain span) with which masked PGD succeeds;
     the span itself where it never does (a censored value)."""
     span = float(domain[1] - domain[0])
-    lo = torch.zeros(len(x0))
-    hi = torch.full((len(x0),), span)
+    lo = torch.zeros(len(x0), device=x0.device)
+    hi = torch.full((len(x0),), span, device=x0.device)
     ok_hi = masked_pgd(model, x0, labels, mask, hi, domain, **pgd)
     for _ in range(bisection):
         mid = (lo + hi) / 2
@@ -201,7 +204,8 @@ def certified_complement_radius(
         return (lb > 0).all(1)
 
     span = float(domain[1] - domain[0])
-    lo, hi = torch.zeros(len(x0)), torch.full((len(x0),), span)
+    lo = torch.zeros(len(x0), device=x0.device, dtype=x0.dtype)
+    hi = torch.full((len(x0),), span, device=x0.device, dtype=x0.dtype)
     top = ok(hi)
     for _ in range(bisection):
         mid = (lo + hi) / 2
