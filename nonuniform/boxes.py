@@ -151,7 +151,8 @@ class CertifiedBoxes:
     @property
     def volume_gain(self) -> np.ndarray:
         """log-volume(non-uniform) - log-volume(uniform), in nats (>= 0 where certified)."""
-        gain = self.log_volume - self.uniform_log_volume
+        with np.errstate(invalid="ignore"):  # -inf - -inf where not certified
+            gain = self.log_volume - self.uniform_log_volume
         return np.where(self.certified, gain, np.nan)
 
     def save(self, path: str | Path) -> None:
