@@ -697,19 +697,8 @@ def train(
     )
     train_model(net, tr.inputs, tr.labels, cfg)
     metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
-    card = ModelCard(
-        name=out.stem,
-        arch=arch,
-        dataset=info.name,
-        input_shape=info.input_shape,
-        domain=info.domain,
-        class_names=info.class_names,
-        mean=[info.mean],
-        std=[info.std],
-        recipe={"optimizer": "Adam, one-cycle lr", **cfg.to_dict()},
-        metrics=metrics,
-        command=" ".join(["nonuniform", *sys.argv[1:]]),
-    )
+    command = " ".join(["nonuniform", *sys.argv[1:]])
+    card = ModelCard.for_training(out.stem, arch, info, cfg, metrics, command)
     save_checkpoint(net, card, out)
     if json_out:
         out_console.print_json(json.dumps({"checkpoint": str(out), "metrics": metrics}))

@@ -56,19 +56,8 @@ def build(name: str, data_dir: str) -> None:
     shipped = evaluate(model, te.inputs[:N_SAMPLES], te.labels[:N_SAMPLES], eps=EVAL_EPS)
     metrics.update({f"shipped_{k}": v for k, v in shipped.items()})
     metrics["train_seconds"] = round(time.time() - t, 1)
-    card = ModelCard(
-        name=name,
-        arch=arch,
-        dataset=ds_name,
-        input_shape=info.input_shape,
-        domain=info.domain,
-        class_names=info.class_names,
-        mean=[info.mean],
-        std=[info.std],
-        recipe={"optimizer": "Adam, one-cycle lr", **cfg.to_dict()},
-        metrics=metrics,
-        command=f"python experiments/build_assets.py --only {name}",
-    )
+    command = f"python experiments/build_assets.py --only {name}"
+    card = ModelCard.for_training(name, arch, info, cfg, metrics, command)
     save_checkpoint(model, card, assets_dir() / "models" / f"{name}.pt")
     print(name, metrics, flush=True)
 

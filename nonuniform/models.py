@@ -51,6 +51,23 @@ class ModelCard:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_training(cls, name: str, arch: str, info, config, metrics: dict, command: str) -> ModelCard:
+        """Card of a model trained by :func:`nonuniform.train.train` on data set ``info``."""
+        return cls(
+            name=name,
+            arch=arch,
+            dataset=info.name,
+            input_shape=info.input_shape,
+            domain=info.domain,
+            class_names=info.class_names,
+            mean=[info.mean],
+            std=[info.std],
+            recipe={"optimizer": "Adam, one-cycle lr", **config.to_dict()},
+            metrics=metrics,
+            command=command,
+        )
+
 
 def parse_mlp(spec: str) -> tuple[list[int], str]:
     parts = spec.split(":")
