@@ -226,3 +226,14 @@ def test_explain_command(tmp_path):
     assert (tmp_path / "e" / "evaluation_curves.png").exists()
     res = run("explain", tmp_path / "c" / "boxes.npz", "--out", tmp_path / "e", "--k", "x", ok=False)
     assert res.exit_code == 2
+
+
+def test_train_writes_a_loadable_checkpoint(tmp_path, data_dir):
+    ckpt = tmp_path / "tiny.pt"
+    res = run("train", "--arch", "mlp:16:relu", "--out", ckpt, "--epochs", 1, "--batch-size", 512,
+              "--data-dir", data_dir, "--json")
+    metrics = json.loads(res.stdout)["metrics"]
+    assert metrics["clean_accuracy"] > 0.85
+    model, card = nonuniform.load_model(ckpt)
+    assert card.arch == "mlp:16:relu" and card.command.startswith("nonuniform train")
+    run("certify", ckpt, "--out", tmp_path / "c", "--count", 1, "--iterations", 5, "--no-figures")
