@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -697,7 +696,10 @@ def train(
     )
     train_model(net, tr.inputs, tr.labels, cfg)
     metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
-    command = " ".join(["nonuniform", *sys.argv[1:]])
+    command = (
+        f"nonuniform train --arch {arch} --dataset {info.name} --epochs {epochs} --adv-eps {adv_eps} "
+        f"--pgd-steps {pgd_steps} --lr {lr} --batch-size {batch_size} --seed {seed} --out {out}"
+    )
     card = ModelCard.for_training(out.stem, arch, info, cfg, metrics, command)
     save_checkpoint(net, card, out)
     if json_out:
