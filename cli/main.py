@@ -131,18 +131,8 @@ def progress_bar() -> Progress:
 
 def results_table(res, title: str = "") -> Table:
     t = Table(title=title or None)
-    for col in (
-        "sample",
-        "label",
-        "pred",
-        "certified",
-        "mean log radius",
-        "uniform radius",
-        "volume gain (nats)",
-        "apothem",
-        "seconds",
-    ):
-        t.add_column(col, justify="right")
+    for col in ("sample", "label", "pred", "cert", "mean log r", "unif. r", "gain (nats)", "apothem", "s"):
+        t.add_column(col, justify="right", no_wrap=True)
     for row in res.sample_rows():
         c = row["certified"]
         t.add_row(
