@@ -130,9 +130,13 @@ def progress_bar() -> Progress:
 
 
 def results_table(res, title: str = "") -> Table:
-    t = Table(title=title or None)
-    for col in ("sample", "label", "pred", "cert", "mean log r", "unif. r", "gain (nats)", "apothem", "s"):
-        t.add_column(col, justify="right", no_wrap=True)
+    t = Table(
+        title=title or None,
+        caption="log r: mean log half-width of the non-uniform box; unif. r: best certified uniform "
+        "radius; gain: log-volume over the uniform box (nats); s: seconds per sample",
+    )
+    for col in ("sample", "label", "pred", "cert", "log r", "unif. r", "gain", "apothem", "s"):
+        t.add_column(col, justify="right")
     for row in res.sample_rows():
         c = row["certified"]
         t.add_row(
