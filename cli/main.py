@@ -199,7 +199,7 @@ def certify(
     per_logit: Annotated[
         bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
     ] = False,
-    iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 100,
+    iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 60,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
     ] = 100,

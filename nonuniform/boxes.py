@@ -53,7 +53,9 @@ class CertifyConfig:
     delta: float = 1e-3  # margin the optimiser must keep
     check_margin: float = 1e-4  # margin the final (float64) check must prove
     check_dtype: str = "float64"
-    iterations: int = 100  # 400 gains < 0.002 in mean log radius on the MNIST MLP
+    # With the shaped warm start, 50 iterations match 100 from the uniform box (mean log radius
+    # -3.920 vs -3.916 on 20 MNIST images); 0 iterations already give 88% of the gain.
+    iterations: int = 60
     lr: float = 0.05
     mu_init: float = 1.0
     mu_growth: float = 2.0
@@ -63,6 +65,7 @@ class CertifyConfig:
     ftol: float = 1e-3  # objective change (mean log-width) over one outer step for convergence
     uniform_rtol: float = 1e-3  # relative tolerance of the uniform-radius bisection
     shrink_steps: int = 14
+    shaped_start: bool = True  # warm start from the linearised problem (see _shaped_start)
     alpha_steps: int = 5  # alpha-CROWN slope steps per bound call during optimisation
     alpha_steps_check: int = 20  # ... and in the final check
 
@@ -278,33 +281,66 @@ class _Problem:
         return lb
 
 
-def _uniform_radius(p: _Problem, idx: Tensor) -> Tensor:
-    """Largest certified uniform radius per sample by bisection in log space (relative
-    tolerance ``uniform_rtol``); 0 where even the smallest radius fails."""
+def _largest_scale(p: _Problem, idx: Tensor, log_shape: Tensor) -> Tensor:
+    """Largest certified log-scale t per sample for the box with log-radii ``t + log_shape``
+    (``log_shape``: (n, *input_shape), or (n, 2, *input_shape) for asymmetric radii), by
+    bisection to a relative tolerance ``uniform_rtol``; -inf where even the smallest box fails."""
     cfg = p.cfg
     x0, spec = p.x0[idx], p.spec[idx]
     n = len(idx)
-    shape = (n,) + (1,) * (x0.dim() - 1)
+    shape = (n,) + (1,) * (log_shape.dim() - 1)
 
-    def ok(r: Tensor) -> Tensor:
+    def ok(t: Tensor) -> Tensor:
+        rho = (t.reshape(shape) + log_shape).clamp(p.log_min, p.log_max)
         with torch.no_grad():
-            lo, hi = p.box(r.reshape(shape), r.reshape(shape), x0)
+            lo, hi = p.box(*_radii(p, rho), x0)
             return (p.margins(lo, hi, spec) >= cfg.delta).all(1)
 
-    lo_log = torch.full((n,), p.log_min, dtype=x0.dtype, device=x0.device)
-    hi_log = torch.full((n,), p.log_max, dtype=x0.dtype, device=x0.device)
-    top = ok(hi_log.exp())
-    bottom = ok(lo_log.exp())
+    span = log_shape.flatten(1)
+    lo_t = torch.full((n,), p.log_min, dtype=x0.dtype, device=x0.device) - span.max(1).values
+    hi_t = torch.full((n,), p.log_max, dtype=x0.dtype, device=x0.device) - span.min(1).values
+    top, bottom = ok(hi_t), ok(lo_t)
     while True:
-        open_ = ~top & bottom & ((hi_log - lo_log) > math.log1p(cfg.uniform_rtol))
+        open_ = ~top & bottom & ((hi_t - lo_t) > math.log1p(cfg.uniform_rtol))
         if not open_.any():
             break
-        mid = (lo_log + hi_log) / 2
-        good = ok(mid.exp())
-        lo_log = torch.where(open_ & good, mid, lo_log)
-        hi_log = torch.where(open_ & ~good, mid, hi_log)
-    r = torch.where(top, hi_log.exp(), lo_log.exp())
-    return torch.where(bottom | top, r, torch.zeros_like(r))
+        mid = (lo_t + hi_t) / 2
+        good = ok(mid)
+        lo_t = torch.where(open_ & good, mid, lo_t)
+        hi_t = torch.where(open_ & ~good, mid, hi_t)
+    t = torch.where(top, hi_t, lo_t)
+    return torch.where(bottom | top, t, torch.full_like(t, -math.inf))
+
+
+def _uniform_radius(p: _Problem, idx: Tensor) -> Tensor:
+    """Largest certified uniform radius per sample (0 where even the smallest radius fails)."""
+    x0 = p.x0[idx]
+    flat = torch.zeros_like(x0)
+    t = _largest_scale(p, idx, torch.stack([flat, flat], 1) if p.cfg.asymmetric else flat)
+    return t.exp()
+
+
+def _shaped_start(p: _Problem, idx: Tensor, rho_u: Tensor) -> Tensor:
+    """Warm start from the linearised problem at the uniform box.
+
+    Near the uniform box, CROWN's bound of the tightest margin is about ``const - sum_i s_i r_i``
+    with ``s_i = -d bound / d r_i >= 0``; maximising ``sum_i log r_i`` under one such linear
+    constraint gives ``r_i proportional to 1 / s_i``. The scale of that shape is then certified by
+    bisection. Returns log-radii shaped like ``rho_u`` (-inf rows where nothing certifies).
+    """
+    rho = rho_u.clone().requires_grad_(True)
+    with torch.enable_grad():
+        lo, hi = p.box(*_radii(p, rho), p.x0[idx])
+        worst = p.margins(lo, hi, p.spec[idx]).min(1).values
+        (grad,) = torch.autograd.grad(worst.sum(), rho)
+    # d bound / d log r = r * d bound / d r, so s_i = -grad_i / r_i.
+    sens = (-grad / rho_u.exp()).clamp(min=0)
+    log_shape = -torch.log(sens.clamp(min=1e-12))
+    mask = p.free.expand_as(log_shape)  # trailing dims align for both layouts
+    centre = (log_shape * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+    log_shape = (log_shape - centre.reshape((-1,) + (1,) * (log_shape.dim() - 1))).clamp(-12, 12)
+    t = _largest_scale(p, idx, log_shape)
+    return (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape).clamp(p.log_min, p.log_max)
 
 
 class _Adam:
@@ -538,6 +574,12 @@ def _certify_batch(
     rho0 = torch.log(r_u.clamp(min=MIN_RADIUS)).reshape(shape).expand_as(x0).clone()
     if cfg.asymmetric:
         rho0 = torch.stack([rho0, rho0.clone()], 1)
+    start = u_ok.nonzero().squeeze(1)
+    if cfg.shaped_start and len(start):
+        shaped = _shaped_start(p, start, rho0[start])
+        with torch.no_grad():
+            gain = p.mean_log_width(*p.box(*_radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
+        rho0[start[gain]] = shaped[gain]
     active = u_ok.clone()
     best_rho, iters = _optimise(p, rho0, active)
     lower, upper = u_lo.clone(), u_hi.clone()

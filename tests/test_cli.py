@@ -230,8 +230,20 @@ def test_explain_command(tmp_path):
 
 def test_train_writes_a_loadable_checkpoint(tmp_path, data_dir):
     ckpt = tmp_path / "tiny.pt"
-    res = run("train", "--arch", "mlp:16:relu", "--out", ckpt, "--epochs", 1, "--batch-size", 512,
-              "--data-dir", data_dir, "--json")
+    res = run(
+        "train",
+        "--arch",
+        "mlp:16:relu",
+        "--out",
+        ckpt,
+        "--epochs",
+        1,
+        "--batch-size",
+        512,
+        "--data-dir",
+        data_dir,
+        "--json",
+    )
     metrics = json.loads(res.stdout)["metrics"]
     assert metrics["clean_accuracy"] > 0.85
     model, card = nonuniform.load_model(ckpt)
