@@ -529,6 +529,11 @@ def explain(
         bool, typer.Option(help="Evaluate ours vs saliency baselines (attacks; slower).")
     ] = True,
     max_samples: Annotated[int, typer.Option(help="Certified samples used in the evaluation.")] = 20,
+    attack_steps: Annotated[int, typer.Option(help="PGD steps per attack in the evaluation.")] = 20,
+    bisection_steps: Annotated[int, typer.Option(help="Bisection steps over the attack budget.")] = 10,
+    eval_k: Annotated[
+        str, typer.Option(help="Set sizes (fractions) of the evaluation curves.")
+    ] = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45",
     seed: Annotated[int, typer.Option(help="Seed of the random baseline and attacks.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -582,6 +587,10 @@ def explain(
                 raise UserError(f"{boxes} does not record its model; pass --model")
             model = src.removeprefix("embedded:")
         net, _, _ = resolve_model(model, "cpu")
+        try:
+            k_grid = tuple(float(t) for t in eval_k.split(",") if t.strip())
+        except ValueError:
+            raise UserError(f"bad --eval-k '{eval_k}': give fractions, comma-separated") from None
         use = cert[:max_samples]
         sub = res.subset(np.isin(np.arange(len(res)), use))
         x = torch.tensor(sub.inputs)
@@ -600,7 +609,19 @@ def explain(
             task = bar.add_task("evaluating explanations", total=len(methods))
             for name, imp in methods.items():
                 scores.append(
-                    evaluate_ranking(net, x, y, imp, free, name, certified=name.endswith("(ours)"), seed=seed)
+                    evaluate_ranking(
+                        net,
+                        x,
+                        y,
+                        imp,
+                        free,
+                        name,
+                        k_fractions=k_grid,
+                        certified=name.endswith("(ours)"),
+                        seed=seed,
+                        steps=attack_steps,
+                        bisection=bisection_steps,
+                    )
                 )
                 bar.update(task, advance=1)
         explanation_curves(scores, out / "evaluation_curves.png")

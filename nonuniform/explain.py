@@ -249,15 +249,16 @@ def evaluate_ranking(
     domain=(0.0, 1.0),
     certified: bool = False,
     seed: int = 0,
+    bisection: int = 10,
     **pgd,
 ) -> ExplanationScores:
     """Both criteria (and optionally the certified complement radius) at every k."""
     s_r, s_c, cert = [], [], []
     for k in k_fractions:
         mask = top_k_mask(importance, float(k), free, seed=seed) & free
-        s_r.append(min_attack_budget(model, x0, labels, mask, domain, seed=seed, **pgd).numpy())
+        s_r.append(min_attack_budget(model, x0, labels, mask, domain, bisection, seed=seed, **pgd).numpy())
         comp = (~mask) & free
-        s_c.append(min_attack_budget(model, x0, labels, comp, domain, seed=seed, **pgd).numpy())
+        s_c.append(min_attack_budget(model, x0, labels, comp, domain, bisection, seed=seed, **pgd).numpy())
         if certified:
             cert.append(certified_complement_radius(model, x0, labels, mask | ~free, domain=domain).numpy())
     return ExplanationScores(

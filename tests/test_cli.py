@@ -218,6 +218,12 @@ def test_explain_command(tmp_path):
         "0.05,40",
         "--max-samples",
         2,
+        "--attack-steps",
+        4,
+        "--bisection-steps",
+        4,
+        "--eval-k",
+        "0.1,0.3",
         "--json",
     )
     report = json.loads(res.stdout)
