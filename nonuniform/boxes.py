@@ -490,7 +490,7 @@ def certify_boxes(
     asymmetric: bool = False,
     clip: bool = True,
     *,
-    batch_size: int = 100,
+    batch_size: int = 25,
     device: str | torch.device | None = None,
     indices: Tensor | np.ndarray | None = None,
     callback: Callable[[CertifiedBoxes], None] | None = None,
