@@ -202,7 +202,7 @@ def certify(
     iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 60,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
-    ] = 100,
+    ] = 25,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     data_dir: Annotated[
