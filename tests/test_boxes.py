@@ -201,6 +201,7 @@ def test_single_point_domain_features_are_fixed(mnist_mlp):
     assert res.certified.all()
     assert (res.lower[:, 0, :5] == 0).all() and (res.upper[:, 0, :5] == 0).all()
     assert res.free.sum() == 784 - 5 * 28 and np.isfinite(res.log_volume).all()
+    _assert_unbroken(model, res, restarts=2)
 
 
 def test_save_load_roundtrip(tmp_path, mnist_crown):
