@@ -358,7 +358,7 @@ def verify(
                 spec_model,
                 lo,
                 hi,
-                margin_spec(preds, res_classes(net, lo)).double(),
+                margin_spec(preds, int(net(lo[:1].float()).shape[1])).double(),
                 method=method,
                 bound_upper=False,
             )
@@ -410,11 +410,6 @@ def verify(
         out_console.print("[green]OK[/]" if not failed else "[bold red]FAILED[/]")
     if failed:
         raise typer.Exit(1)
-
-
-def res_classes(net, x) -> int:
-    with torch.no_grad():
-        return int(net(x[:1].float()).shape[1])
 
 
 @app.command()

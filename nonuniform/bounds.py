@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .network import Activation, AffineOp, Network
-from .relaxations import LinearRelaxation, PiecewiseLinear
+from .relaxations import LinearRelaxation
 
 METHODS = ("ibp", "fastlin", "crown", "alpha-crown")
 
@@ -294,7 +294,7 @@ class BoundedModel:
         layers = [
             i
             for i, (l, u) in state.pre.items()
-            if isinstance(self.net.ops[i].relaxation, PiecewiseLinear) and ((l < 0) & (u > 0)).any()
+            if self.net.ops[i].relaxation.has_alpha and ((l < 0) & (u > 0)).any()
         ]
         if not layers or steps <= 0:
             return self.backward(lam, len(self.net.ops), state.relaxations, state.lower, state.upper)
