@@ -117,6 +117,11 @@ def load_inputs(dataset: str, data_dir: Path | None, indices: str | None, count:
     return x[idx], y[idx], idx, source, info.class_names
 
 
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table or message; "-" where there is none (nothing certified)."""
+    return "-" if value is None else format(value, spec)
+
+
 def progress_bar() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -298,7 +303,7 @@ def certify(
         out_console.print(results_table(res, f"{card.name} on {len(res)} samples ({method})"))
         out_console.print(
             f"certified {summary['certified']}/{summary['samples']}; mean log radius "
-            f"{summary['mean_log_radius']:.3f} (uniform {summary['uniform_mean_log_radius']:.3f}); "
+            f"{fmt(summary['mean_log_radius'])} (uniform {fmt(summary['uniform_mean_log_radius'])}); "
             f"results in {out}/"
         )
 
@@ -792,8 +797,10 @@ def demo(
     out_console.print(t)
     sa, sb = a.summary(), b.summary()
     out_console.print(
-        f"mean log radius: normal {sa['mean_log_radius']:.2f} (uniform {sa['uniform_mean_log_radius']:.2f}), "
-        f"PGD-trained {sb['mean_log_radius']:.2f} (uniform {sb['uniform_mean_log_radius']:.2f}). "
+        f"mean log radius: normal {fmt(sa['mean_log_radius'], '.2f')} "
+        f"(uniform {fmt(sa['uniform_mean_log_radius'], '.2f')}), "
+        f"PGD-trained {fmt(sb['mean_log_radius'], '.2f')} "
+        f"(uniform {fmt(sb['uniform_mean_log_radius'], '.2f')}). "
         f"Gain = log-volume over the uniform box, in nats."
     )
     out_console.print(f"figures: {combined} and {out}/<model>/figures/; boxes: {out}/<model>/boxes.npz")

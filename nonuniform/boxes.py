@@ -192,7 +192,7 @@ class CertifiedBoxes:
         cert = self.certified
 
         def mean(a):
-            return float(np.mean(a[cert])) if cert.any() else float("nan")
+            return float(np.mean(a[cert])) if cert.any() else None  # null in JSON, not NaN
 
         return {
             "samples": len(self),
@@ -204,7 +204,7 @@ class CertifiedBoxes:
             "mean_uniform_radius": mean(self.uniform_radius),
             "mean_apothem": mean(self.apothem),
             "used_uniform": int((self.used_uniform & cert).sum()),
-            "seconds_per_sample": float(np.mean(self.seconds)) if len(self) else float("nan"),
+            "seconds_per_sample": float(np.mean(self.seconds)) if len(self) else None,
             "settings": self.settings,
         }
 
@@ -225,7 +225,7 @@ class CertifiedBoxes:
                     "uniform_mean_log_radius": float(umlr[i]) if c else None,
                     "volume_gain_nats": float(gain[i]) if c else None,
                     "apothem": float(self.apothem[i]),
-                    "margin": float(self.margin[i]),
+                    "margin": float(self.margin[i]) if c else None,
                     "used_uniform": bool(self.used_uniform[i]),
                     "iterations": int(self.iterations[i]),
                     "seconds": float(self.seconds[i]),

@@ -255,3 +255,28 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, data_dir):
     model, card = nonuniform.load_model(ckpt)
     assert card.arch == "mlp:16:relu" and card.command.startswith("nonuniform train")
     run("certify", ckpt, "--out", tmp_path / "c", "--count", 1, "--iterations", 5, "--no-figures")
+
+
+def test_nothing_certified_gives_valid_json(tmp_path):
+    from nonuniform.samples import load_samples
+
+    x, y = load_samples("mnist")
+    np.savez(tmp_path / "wrong.npz", inputs=x[:2].numpy(), labels=((y[:2] + 1) % 10).numpy())
+    res = run(
+        "certify",
+        "mnist-mlp",
+        "--out",
+        tmp_path / "w",
+        "--dataset",
+        tmp_path / "wrong.npz",
+        "--iterations",
+        5,
+        "--no-figures",
+    )
+    assert "certified 0/2" in res.stdout
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text(), parse_constant=_reject)
+    assert summary["certified"] == 0 and summary["mean_log_radius"] is None
+
+
+def _reject(name):
+    raise ValueError(f"invalid JSON constant {name}")
