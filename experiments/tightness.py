@@ -24,6 +24,7 @@ from nonuniform import certify_boxes, load_model
 from nonuniform.attacks import falsify_boxes
 from nonuniform.exact import verify_box_milp
 from nonuniform.samples import load_samples
+from nonuniform.train import fit_full_batch
 
 OUT = Path(__file__).parent / "results"
 T_MAX = 64.0
@@ -102,13 +103,7 @@ def main() -> None:
     small = nn.Sequential(
         nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10)
     )
-    opt = torch.optim.Adam(small.parameters(), lr=0.01)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(small(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    small.eval()
+    fit_full_batch(small, x, y, steps=150, lr=0.01)
     for method in ("fastlin", "crown"):
         res = certify_boxes(small, x[:5], y[:5], method=method)
         lines.append(f"| 784-16-16-10 | {method} | PGD | {describe(attack_scale(small, res))} |")

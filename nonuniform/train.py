@@ -122,3 +122,17 @@ def evaluate(
     if eps > 0:
         out[f"pgd_accuracy@{eps:g}"] = robust / len(labels)
     return out
+
+
+def fit_full_batch(
+    model: nn.Module, inputs: Tensor, labels: Tensor, steps: int, lr: float = 0.01
+) -> nn.Module:
+    """Full-batch Adam on the cross-entropy: for the small nets of tests and experiments
+    (toy 2-D nets, the 784-16-16-10 MILP net). Returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(inputs), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

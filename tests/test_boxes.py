@@ -12,6 +12,7 @@ from nonuniform import CertifiedBoxes, certify_boxes, compute_bounds, load_model
 from nonuniform.attacks import falsify_boxes
 from nonuniform.exact import verify_box_milp
 from nonuniform.samples import load_samples
+from nonuniform.train import fit_full_batch
 
 
 def _toy_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -22,12 +23,7 @@ def _toy_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     y = torch.cdist(x, centres).argmin(1)
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    for _ in range(300):
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_full_batch(net, x, y, steps=300, lr=0.02)
     return net.eval(), x[:12], y[:12]
 
 
@@ -119,13 +115,7 @@ def test_small_mnist_mlp_boxes_are_robust_by_milp():
     net = nn.Sequential(
         nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10)
     )
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    fit_full_batch(net, x, y, steps=150, lr=0.01)
     res = certify_boxes(net, x[:4], y[:4], iterations=60)
     assert res.certified.sum() >= 3
     _assert_unbroken(net, res, restarts=2)
