@@ -3,7 +3,7 @@
 from .bounds import METHODS, BoundedModel, compute_bounds, margin_spec
 from .boxes import CertifiedBoxes, CertifyConfig, certify_boxes
 from .data import load_dataset
-from .layers import Normalize
+from .layers import Normalize, SequenceClassifier
 from .models import load_model
 from .network import UnsupportedModelError
 
@@ -16,6 +16,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "Normalize",
+    "SequenceClassifier",
     "UnsupportedModelError",
     "compute_bounds",
     "margin_spec",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .layers import SequenceClassifier
 from .network import Activation, AffineOp, Network
 from .relaxations import LinearRelaxation
 
@@ -95,8 +96,17 @@ class BoundedModel:
     """A model prepared for bounding at one input shape, dtype and device.
 
     Build once and call :meth:`bounds` many times (the box optimiser does); parameters are a
-    detached copy, so rebuild after changing the model's weights.
+    detached copy, so rebuild after changing the model's weights. A
+    :class:`~nonuniform.layers.SequenceClassifier` gets the recurrent engine
+    (:class:`~nonuniform.recurrent.RecurrentBoundedModel`) with the same interface.
     """
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        if cls is BoundedModel and isinstance(model, SequenceClassifier):
+            from .recurrent import RecurrentBoundedModel
+
+            cls = RecurrentBoundedModel
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -271,17 +281,31 @@ class BoundedModel:
             ub = torch.einsum("bsk,bk->bs", pos, hi) + torch.einsum("bsk,bk->bs", neg, lo)
             return lb, (ub if bound_upper else None)
 
-        if state is None:
-            state = self.propagate(lower, upper, method)
         s = spec.shape[1]
         lam = torch.cat([spec, -spec], 1) if bound_upper else spec
+        out = self._lower(lam, lower, upper, method, alpha_steps, alpha_lr, state)
+        return out[:, :s], (-out[:, s:] if bound_upper else None)
+
+    def _lower(
+        self,
+        lam: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        method: str,
+        alpha_steps: int,
+        alpha_lr: float,
+        state: BoundState | None,
+    ) -> Tensor:
+        """Lower bounds of ``lam @ f(x)``: (batch, specs). The model-specific part of :meth:`bounds`."""
+        if state is None:
+            state = self.propagate(lower, upper, method)
         n_ops = len(self.net.ops)
         out = self.backward(lam, n_ops, {}, *state.tail_interval, start=state.tail_start)
         if method != "ibp":
             out = torch.maximum(out, self.backward(lam, n_ops, state.relaxations, lower, upper))
         if method == "alpha-crown":
             out = torch.maximum(out, self._alpha_crown(lam, state, alpha_steps, alpha_lr))
-        return out[:, :s], (-out[:, s:] if bound_upper else None)
+        return out
 
     def _alpha_crown(self, lam: Tensor, state: BoundState, steps: int, lr: float) -> Tensor:
         """Final-pass bound with lower slopes optimised per specification.

@@ -37,3 +37,49 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+class SequenceClassifier(nn.Module):
+    """A recurrent module followed by a head on the last time step: the common sequence classifier.
+
+    ``rnn`` is PyTorch's own ``nn.RNN`` (tanh or relu), ``nn.LSTM`` or ``nn.GRU`` (any number of
+    layers, ``batch_first`` either way, unidirectional, no LSTM projection). Inputs may have any
+    shape ``(batch, *dims)`` whose per-sample size is a multiple of ``rnn.input_size``: they are
+    read row-major as ``(batch, time, rnn.input_size)``, so a ``(batch, 1, 28, 28)`` image is
+    28 steps of 28 pixels (sequential MNIST) and image tools work on sequence models unchanged.
+    ``head`` (optional) maps the top layer's last hidden state to logits; without it the hidden
+    state itself is the output.
+    """
+
+    def __init__(self, rnn: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        if not isinstance(rnn, RECURRENT):
+            raise TypeError(
+                f"SequenceClassifier needs an nn.RNN, nn.LSTM or nn.GRU, got {type(rnn).__name__}"
+            )
+        if rnn.bidirectional:
+            raise ValueError("SequenceClassifier: bidirectional recurrent modules are not supported")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError("SequenceClassifier: LSTM with proj_size > 0 is not supported")
+        self.rnn = rnn
+        self.head = head if head is not None else nn.Identity()
+
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``(batch, time, features)``, with a clear error when it does not fit."""
+        d = self.rnn.input_size
+        per_sample = x[0].numel() if x.dim() > 1 else 0
+        if x.dim() < 2 or per_sample % d:
+            raise ValueError(
+                f"SequenceClassifier: input of shape {tuple(x.shape)} cannot be read as "
+                f"(batch, time, {d}); each sample needs a multiple of {d} values"
+            )
+        return x.reshape(x.shape[0], -1, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.sequence(x)
+        out, _ = self.rnn(seq if self.rnn.batch_first else seq.transpose(0, 1))
+        last = out[:, -1] if self.rnn.batch_first else out[-1]
+        return self.head(last)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Normalize
+from .layers import RECURRENT, Normalize
 from .relaxations import PiecewiseLinear, Relaxation, Sigmoid, Tanh
 
 SUPPORTED = (
@@ -284,6 +284,11 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
         op = ConvOp(name, kind, torch.empty(0), None, s, p, (1, 1), 0)
         op.pool_kernel = k  # type: ignore[attr-defined]
         return op
+    if isinstance(m, RECURRENT):
+        raise UnsupportedModelError(
+            f"layer '{name}' ({kind}) is recurrent: wrap it as nonuniform.SequenceClassifier(rnn, head) "
+            "instead of putting it inside an nn.Sequential"
+        )
     raise UnsupportedModelError(
         f"layer '{name}' ({kind}) is not supported by the bound engine. Supported: {SUPPORTED}. "
         "Build the model as an nn.Sequential of these layers."

@@ -226,6 +226,109 @@ class Tanh(SShaped):
         return -2 * t * (1 - t**2)
 
 
+class Identity(Relaxation):
+    """``f(z) = z``, relaxed exactly: the second factor of ``sigmoid(x) * y`` gates."""
+
+    def f(self, z: Tensor) -> Tensor:
+        return z
+
+    def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
+        return torch.zeros_like(l, dtype=torch.bool)
+
+    def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
+        one, zero = torch.ones_like(l).unsqueeze(1), torch.zeros_like(l).unsqueeze(1)
+        return LinearRelaxation(one, zero, one, zero)
+
+
+# -- two-variable nonlinearities (recurrent gates) ----------------------------------------------
+
+
+@dataclass
+class PlaneRelaxation:
+    """``lx*x + ly*y + lc <= g(x, y) <= ux*x + uy*y + uc`` elementwise on a rectangle."""
+
+    lx: Tensor
+    ly: Tensor
+    lc: Tensor
+    ux: Tensor
+    uy: Tensor
+    uc: Tensor
+
+    def lower(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.lx * x + self.ly * y + self.lc
+
+    def upper(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.ux * x + self.uy * y + self.uc
+
+
+class Product:
+    """``g(x, y) = p(x) * q(y)`` for scalar activations p and q: the gates of LSTM and GRU cells,
+    ``sigmoid(x) * tanh(y)`` and ``sigmoid(x) * y``.
+
+    Construction of planes sound on the whole rectangle ``[lx, ux] x [ly, uy]``:
+
+    1. Let ``a = p(x)`` in ``[aL, aU]`` and ``b = q(y)`` in ``[bL, bU]`` (exact intervals: p and q
+       are monotone). McCormick's inequalities hold for every such (a, b), because
+       ``(a - aL)(b - bL) >= 0`` and ``(aU - a)(bU - b) >= 0`` give the lower planes
+       ``ab >= aL*b + bL*a - aL*bL`` and ``ab >= aU*b + bU*a - aU*bU``, and
+       ``(aU - a)(b - bL) >= 0``, ``(a - aL)(bU - b) >= 0`` the upper planes
+       ``ab <= aU*b + bL*a - aU*bL`` and ``ab <= aL*b + bU*a - aL*bU``.
+    2. Each plane is linear in (a, b) with known coefficients ``k_a, k_b``. Replace ``a`` by the
+       single-variable line of p that bounds ``k_a * a`` in the right direction (p's lower line
+       when ``k_a >= 0`` for a lower plane, its upper line otherwise; mirrored for upper planes),
+       and ``b`` likewise with q's lines. Each replacement is an inequality valid at every point
+       of the rectangle, so the result is a plane in (x, y) that is sound on all of it.
+    3. Of the two candidates per side, keep the one that is tighter at the rectangle's centre.
+       The mean of a plane over the rectangle is its value at the centre, so this choice
+       minimises the mean gap to g (the volume between plane and surface), as POPQORN's planes
+       aim to, without an inner optimisation; any choice is sound.
+
+    Shapes: all bounds ``(batch, *features)``; the planes are ``(batch, 1, *features)``.
+    """
+
+    def __init__(self, p: Relaxation, q: Relaxation) -> None:
+        self.p, self.q = p, q
+
+    def f(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.p.f(x) * self.q.f(y)
+
+    def interval(self, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact range of p(x)*q(y): the extremes of a product of intervals are at corners."""
+        aL, aU = self.p.interval(lx, ux)
+        bL, bU = self.q.interval(ly, uy)
+        corners = torch.stack([aL * bL, aL * bU, aU * bL, aU * bU])
+        return corners.min(0).values, corners.max(0).values
+
+    def relax(self, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str = "crown") -> PlaneRelaxation:
+        aL, aU = self.p.interval(lx, ux)
+        bL, bU = self.q.interval(ly, uy)
+        rp = self.p.relax(lx, ux, mode)
+        rq = self.q.relax(ly, uy, mode)
+        pl, pu = (rp.lower_slope[:, 0], rp.lower_bias[:, 0]), (rp.upper_slope[:, 0], rp.upper_bias[:, 0])
+        ql, qu = (rq.lower_slope[:, 0], rq.lower_bias[:, 0]), (rq.upper_slope[:, 0], rq.upper_bias[:, 0])
+        xc, yc = (lx + ux) / 2, (ly + uy) / 2
+
+        def plane(ka: Tensor, kb: Tensor, c: Tensor, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
+            # k*line when k >= 0 keeps the direction of the line's inequality; k < 0 flips it.
+            (sa, oa), (sb, ob) = (pl, ql) if lower else (pu, qu)
+            (fa, fa_b), (fb, fb_b) = (pu, qu) if lower else (pl, ql)
+            a_s = torch.where(ka >= 0, sa, fa)
+            a_o = torch.where(ka >= 0, oa, fa_b)
+            b_s = torch.where(kb >= 0, sb, fb)
+            b_o = torch.where(kb >= 0, ob, fb_b)
+            return ka * a_s, kb * b_s, ka * a_o + kb * b_o + c
+
+        def pick(p1, p2, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
+            v1 = p1[0] * xc + p1[1] * yc + p1[2]
+            v2 = p2[0] * xc + p2[1] * yc + p2[2]
+            first = v1 >= v2 if lower else v1 <= v2
+            return tuple(torch.where(first, t1, t2) for t1, t2 in zip(p1, p2))  # type: ignore[return-value]
+
+        low = pick(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
+        up = pick(plane(bL, aU, -aU * bL, False), plane(bU, aL, -aL * bU, False), False)
+        return PlaneRelaxation(*(t.unsqueeze(1) for t in (*low, *up)))
+
+
 __all__ = [
     "LinearRelaxation",
     "Relaxation",
@@ -233,5 +336,8 @@ __all__ = [
     "SShaped",
     "Sigmoid",
     "Tanh",
+    "Identity",
+    "PlaneRelaxation",
+    "Product",
     "TINY_WIDTH",
 ]

@@ -1,0 +1,411 @@
+"""Bounds for recurrent classifiers: CROWN back-substitution through the unrolled recurrence.
+
+A :class:`~nonuniform.layers.SequenceClassifier` is unrolled, for one input shape, into a list of
+nodes in topological order, each a flat vector per sample:
+
+* ``InputNode`` -- the features of one time step (a slice of the flattened input box);
+* ``LinearNode`` -- ``sum_i W_i v_i + b`` over earlier nodes (or slices of them); ``W_i`` is a
+  matrix, a scalar times the identity, or an affine op of the head (see :mod:`.network`);
+* ``ActNode`` -- a scalar activation (tanh/relu of an RNN cell, the head's activations);
+* ``ProductNode`` -- ``p(x) * q(y)``, the gates of LSTM and GRU cells
+  (:class:`~nonuniform.relaxations.Product`).
+
+The backward pass starts with ``lam`` on one node and walks the nodes in reverse order: linear
+nodes pass ``lam @ W`` to their sources, nonlinear nodes pass it through their relaxation lines
+or planes, and input nodes are concretised against their time step's box. Because every step's
+input box is concretised where it is reached, the cost of a back-substitution is linear in the
+number of steps it crosses and never carries the whole input sequence.
+
+Intermediate bounds: every linear node that feeds a nonlinearity gets the interval propagated
+from its sources, intersected with a CROWN back-substitution down to the inputs (POPQORN's
+scheme), unless it depends on inputs and constants only (then the interval is exact). The final
+bound is intersected with the interval bound at the last nonlinear nodes, so no method is
+looser than ``ibp``.
+
+Shapes: boxes ``(batch, *input_shape)`` read as ``(batch, time, features)``; ``lam``
+``(batch or 1, specs, node size)``; bounds ``(batch, specs)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bounds import BoundedModel
+from .layers import SequenceClassifier
+from .network import Activation, AffineOp, Network, UnsupportedModelError
+from .relaxations import (
+    TINY_WIDTH,
+    Identity,
+    LinearRelaxation,
+    PiecewiseLinear,
+    PlaneRelaxation,
+    Product,
+    Relaxation,
+    Sigmoid,
+    Tanh,
+)
+
+Weight = Tensor | float | AffineOp
+
+
+@dataclass
+class Ref:
+    """Elements ``[start, stop)`` of node ``node``'s output."""
+
+    node: int
+    start: int
+    stop: int
+
+
+@dataclass
+class Node:
+    name: str
+    size: int
+    consumers: list[int] = field(default_factory=list, init=False)
+
+
+@dataclass
+class InputNode(Node):
+    step: int = 0
+
+
+@dataclass
+class LinearNode(Node):
+    terms: list[tuple[Ref, Weight]] = field(default_factory=list)
+    bias: Tensor | None = None
+    tighten: bool = False  # set by the graph builder
+
+
+@dataclass
+class ActNode(Node):
+    src: Ref | None = None
+    relaxation: Relaxation | None = None
+
+
+@dataclass
+class ProductNode(Node):
+    x: Ref | None = None
+    y: Ref | None = None
+    product: Product | None = None
+
+
+def _apply(w: Weight, v: Tensor) -> Tensor:
+    if isinstance(w, AffineOp):
+        return w.forward(v)
+    return w * v if isinstance(w, float) else F.linear(v, w)
+
+
+def _apply_abs(w: Weight, r: Tensor) -> Tensor:
+    if isinstance(w, AffineOp):
+        return w.forward_abs(r)
+    return abs(w) * r if isinstance(w, float) else F.linear(r, w.abs())
+
+
+def _transpose(w: Weight, lam: Tensor) -> Tensor:
+    if isinstance(w, AffineOp):
+        return w.backward(lam)
+    return lam * w if isinstance(w, float) else lam @ w
+
+
+class Graph:
+    """A SequenceClassifier unrolled for one input shape; parameters copied to dtype/device."""
+
+    def __init__(self, model: SequenceClassifier, input_shape: tuple[int, ...], dtype, device) -> None:
+        rnn = model.rnn
+        self.input_shape = tuple(input_shape)
+        self.dtype, self.device = dtype, device
+        d, n_in = rnn.input_size, math.prod(self.input_shape)
+        if n_in % d:
+            raise UnsupportedModelError(
+                f"layer 'rnn' ({type(rnn).__name__}) has input_size={d}, but inputs of shape "
+                f"{self.input_shape} hold {n_in} values per sample, not a multiple of {d}"
+            )
+        self.steps, self.features = n_in // d, d
+        self.nodes: list[Node] = []
+        seq = [Ref(self._add(InputNode(f"input.t{t}", d, step=t)), 0, d) for t in range(self.steps)]
+        for layer in range(rnn.num_layers):
+            seq = self._layer(rnn, layer, seq)
+        self.output = self._head(model.head, seq[-1])
+        for k, node in enumerate(self.nodes):
+            for ref in self._sources(node):
+                self.nodes[ref.node].consumers.append(k)
+        for node in self.nodes:
+            if isinstance(node, LinearNode):
+                feeds_nonlinear = any(not isinstance(self.nodes[c], LinearNode) for c in node.consumers)
+                only_inputs = all(
+                    isinstance(self.nodes[r.node], InputNode)
+                    or (isinstance(self.nodes[r.node], LinearNode) and not self.nodes[r.node].terms)
+                    for r, _ in node.terms
+                )
+                node.tighten = feeds_nonlinear and not only_inputs
+        self.num_classes = self.nodes[self.output].size
+
+    # -- building ---------------------------------------------------------------------------
+    def _add(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def _param(self, rnn: nn.Module, name: str) -> Tensor | None:
+        p = getattr(rnn, name, None)
+        return None if p is None else p.detach().to(dtype=self.dtype, device=self.device)
+
+    def _linear(self, name: str, terms: list[tuple[Ref, Weight]], *biases: Tensor | None) -> Ref:
+        present = [b for b in biases if b is not None]
+        bias = sum(present[1:], present[0]) if present else None
+        size = biases[0].numel() if biases and biases[0] is not None else None
+        if size is None:
+            w = terms[0][1]
+            size = w.shape[0] if isinstance(w, Tensor) else terms[0][0].stop - terms[0][0].start
+        return Ref(self._add(LinearNode(name, size, terms=terms, bias=bias)), 0, size)
+
+    def _product(self, name: str, x: Ref, y: Ref, q: Relaxation) -> Ref:
+        size = x.stop - x.start
+        return Ref(self._add(ProductNode(name, size, x=x, y=y, product=Product(Sigmoid(), q))), 0, size)
+
+    def _layer(self, rnn: nn.Module, layer: int, seq: list[Ref]) -> list[Ref]:
+        h_size = rnn.hidden_size
+        w_ih, w_hh = self._param(rnn, f"weight_ih_l{layer}"), self._param(rnn, f"weight_hh_l{layer}")
+        b_ih, b_hh = self._param(rnn, f"bias_ih_l{layer}"), self._param(rnn, f"bias_hh_l{layer}")
+        zero = torch.zeros(h_size, dtype=self.dtype, device=self.device)
+        # The zero initial state is a constant node (no terms): uniform code for every step.
+        h = Ref(self._add(LinearNode(f"rnn.l{layer}.h0", h_size, bias=zero)), 0, h_size)
+        c = h
+        out = []
+        H = h_size
+
+        def part(w: Tensor | None, k: int, width: int = 1) -> Tensor | None:
+            """Rows of gate k (and the next width - 1 gates) of a stacked weight or bias."""
+            return None if w is None else w[k * H : (k + width) * H]
+
+        for t, x in enumerate(seq):
+            at = f"rnn.l{layer}.t{t}"
+            if isinstance(rnn, nn.LSTM):  # gates i, f, g, o
+                g = self._linear(f"{at}.gates", [(x, w_ih), (h, w_hh)], b_ih, b_hh)
+                i_, f_, g_, o_ = (Ref(g.node, k * H, (k + 1) * H) for k in range(4))
+                fc = self._product(f"{at}.f*c", f_, c, Identity())
+                ig = self._product(f"{at}.i*g", i_, g_, Tanh())
+                c = self._linear(f"{at}.c", [(fc, 1.0), (ig, 1.0)])
+                h = self._product(f"{at}.h", o_, c, Tanh())
+            elif isinstance(rnn, nn.GRU):  # gates r, z, n
+                terms = [(x, part(w_ih, 0, 2)), (h, part(w_hh, 0, 2))]
+                rz = self._linear(f"{at}.rz", terms, part(b_ih, 0, 2), part(b_hh, 0, 2))
+                r_, z_ = Ref(rz.node, 0, H), Ref(rz.node, H, 2 * H)
+                b_hn = part(b_hh, 2) if b_hh is not None else zero
+                hn = self._linear(f"{at}.hn", [(h, part(w_hh, 2))], b_hn)
+                rhn = self._product(f"{at}.r*hn", r_, hn, Identity())
+                n = self._linear(f"{at}.n", [(x, part(w_ih, 2)), (rhn, 1.0)], part(b_ih, 2))
+                neg_z = self._linear(f"{at}.-z", [(z_, -1.0)])
+                # h' = (1 - sigmoid(z)) tanh(n) + sigmoid(z) h, and 1 - sigmoid(z) = sigmoid(-z).
+                zn = self._product(f"{at}.(1-z)*n", neg_z, n, Tanh())
+                zh = self._product(f"{at}.z*h", z_, h, Identity())
+                h = self._linear(f"{at}.h", [(zn, 1.0), (zh, 1.0)])
+            else:
+                pre = self._linear(f"{at}.pre", [(x, w_ih), (h, w_hh)], b_ih, b_hh)
+                act = Tanh() if rnn.nonlinearity == "tanh" else PiecewiseLinear(0.0)
+                h = Ref(self._add(ActNode(f"{at}.h", H, src=pre, relaxation=act)), 0, H)
+            out.append(h)
+        return out
+
+    def _head(self, head: nn.Module, last: Ref) -> int:
+        if isinstance(head, nn.Identity):
+            return self._linear("output", [(last, 1.0)]).node
+        net = Network(head, (last.stop - last.start,), self.dtype, self.device)
+        ref = last
+        for op in net.ops:
+            size = math.prod(op.out_shape)
+            node: Node
+            if isinstance(op, Activation):
+                node = ActNode(f"head.{op.name}", size, src=ref, relaxation=op.relaxation)
+            else:
+                node = LinearNode(f"head.{op.name}", size, terms=[(ref, op)])
+            ref = Ref(self._add(node), 0, size)
+        if not isinstance(self.nodes[ref.node], LinearNode):
+            ref = self._linear("output", [(ref, 1.0)])
+        return ref.node
+
+    @staticmethod
+    def _sources(node: Node) -> list[Ref]:
+        if isinstance(node, LinearNode):
+            return [r for r, _ in node.terms]
+        if isinstance(node, ActNode):
+            return [node.src]  # type: ignore[list-item]
+        if isinstance(node, ProductNode):
+            return [node.x, node.y]  # type: ignore[list-item]
+        return []
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def steps_of(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], self.steps, self.features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = self.steps_of(x)
+        vals: list[Tensor] = []
+
+        def get(r: Ref) -> Tensor:
+            return vals[r.node][:, r.start : r.stop]
+
+        for node in self.nodes:
+            if isinstance(node, InputNode):
+                v = xs[:, node.step]
+            elif isinstance(node, LinearNode):
+                v = node.bias.expand(x.shape[0], -1) if node.bias is not None else 0.0
+                for r, w in node.terms:
+                    v = v + _apply(w, get(r))
+            elif isinstance(node, ActNode):
+                v = node.relaxation.f(get(node.src))
+            else:
+                v = node.product.f(get(node.x), get(node.y))
+            vals.append(v)
+        return vals[self.output]
+
+
+@dataclass
+class RecurrentState:
+    """Bounds of every node's output and the relaxation of every nonlinear node."""
+
+    lower: list[Tensor]
+    upper: list[Tensor]
+    relax: dict[int, LinearRelaxation | PlaneRelaxation]
+
+
+class RecurrentBoundedModel(BoundedModel):
+    """:class:`~nonuniform.bounds.BoundedModel` for a SequenceClassifier (built by it)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.net = Graph(model, tuple(input_shape), dtype, device)  # type: ignore[assignment]
+        self.num_classes = self.net.num_classes
+
+    def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> RecurrentState:  # type: ignore[override]
+        g = self.net
+        xl, xu = g.steps_of(lower), g.steps_of(upper)
+        lo: list[Tensor] = []
+        hi: list[Tensor] = []
+        relax: dict[int, LinearRelaxation | PlaneRelaxation] = {}
+        mode = "fastlin" if method == "fastlin" else "crown"
+
+        def get(r: Ref) -> tuple[Tensor, Tensor]:
+            return lo[r.node][:, r.start : r.stop], hi[r.node][:, r.start : r.stop]
+
+        for k, node in enumerate(g.nodes):
+            if isinstance(node, InputNode):
+                l, u = xl[:, node.step], xu[:, node.step]
+            elif isinstance(node, LinearNode):
+                c = node.bias.expand(lower.shape[0], -1) if node.bias is not None else 0.0
+                r = 0.0
+                for ref, w in node.terms:
+                    sl, su = get(ref)
+                    c = c + _apply(w, (sl + su) / 2)
+                    r = r + _apply_abs(w, (su - sl) / 2)
+                l, u = c - r, c + r
+                if method != "ibp" and node.tighten:
+                    l, u = self._tighten(k, l, u, lo, hi, relax, xl, xu)
+            elif isinstance(node, ActNode):
+                sl, su = get(node.src)
+                l, u = node.relaxation.interval(sl, su)
+                if method != "ibp":
+                    relax[k] = node.relaxation.relax(sl, su, mode)
+            else:
+                bounds = (*get(node.x), *get(node.y))
+                l, u = node.product.interval(*bounds)
+                if method != "ibp":
+                    relax[k] = node.product.relax(*bounds, mode)
+            lo.append(l)
+            hi.append(u)
+        return RecurrentState(lo, hi, relax)
+
+    def _tighten(self, k, l, u, lo, hi, relax, xl, xu) -> tuple[Tensor, Tensor]:
+        """Back-substitute from linear node k to the inputs, for the neurons that need it."""
+        g = self.net
+        relu_only = all(
+            isinstance(g.nodes[c], ActNode) and isinstance(g.nodes[c].relaxation, PiecewiseLinear)
+            for c in g.nodes[k].consumers
+        )
+        need = ((l < 0) & (u > 0)) if relu_only else (u - l) > TINY_WIDTH
+        sel = need.any(0).nonzero().squeeze(1)
+        m = sel.numel()
+        if m == 0:
+            return l, u
+        rows = torch.zeros(m, l.shape[1], dtype=l.dtype, device=l.device)
+        rows[torch.arange(m, device=l.device), sel] = 1.0
+        lam = torch.cat([rows, -rows]).unsqueeze(0)
+        out = self._backward(k, lam, RecurrentState(lo, hi, relax), xl, xu, linear=True)
+        new_l = torch.maximum(l[:, sel], out[:, :m])
+        new_u = torch.minimum(u[:, sel], -out[:, m:])
+        return l.index_copy(1, sel, new_l), u.index_copy(1, sel, new_u)
+
+    def _backward(
+        self, start: int, lam: Tensor, state: RecurrentState, xl: Tensor, xu: Tensor, linear: bool
+    ) -> Tensor:
+        """Lower bound of ``lam . v_start`` over the box. With ``linear=False`` nonlinear nodes
+        are not relaxed but concretised against their interval (the interval bound)."""
+        g = self.net
+        lams: dict[int, Tensor] = {start: lam}
+        total = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+
+        def push(r: Ref, v: Tensor) -> None:
+            size = g.nodes[r.node].size
+            if (r.start, r.stop) != (0, size):
+                v = F.pad(v, (r.start, size - r.stop))
+            lams[r.node] = lams[r.node] + v if r.node in lams else v
+
+        def concretise(L: Tensor, l: Tensor, u: Tensor) -> Tensor:
+            c, rad = ((u + l) / 2).unsqueeze(-1), ((u - l) / 2).unsqueeze(-1)
+            return (L @ c - L.abs() @ rad).squeeze(-1)
+
+        for k in range(start, -1, -1):
+            L = lams.pop(k, None)
+            if L is None:
+                continue
+            node = g.nodes[k]
+            if isinstance(node, InputNode):
+                total = total + concretise(L, xl[:, node.step], xu[:, node.step])
+            elif isinstance(node, LinearNode):
+                if node.bias is not None:
+                    total = total + L @ node.bias
+                for r, w in node.terms:
+                    if isinstance(w, AffineOp):
+                        term = w.bias_term(L)
+                        if term is not None:
+                            total = total + term
+                    push(r, _transpose(w, L))
+            elif not linear:
+                total = total + concretise(L, state.lower[k], state.upper[k])
+            else:
+                pos, neg = L.clamp(min=0), L.clamp(max=0)
+                rel = state.relax[k]
+                if isinstance(rel, LinearRelaxation):
+                    total = total + (pos * rel.lower_bias + neg * rel.upper_bias).sum(-1)
+                    push(node.src, pos * rel.lower_slope + neg * rel.upper_slope)
+                else:
+                    total = total + (pos * rel.lc + neg * rel.uc).sum(-1)
+                    push(node.x, pos * rel.lx + neg * rel.ux)
+                    push(node.y, pos * rel.ly + neg * rel.uy)
+        return total
+
+    def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state) -> Tensor:  # type: ignore[override]
+        if method == "alpha-crown":
+            raise ValueError(
+                "alpha-crown is not available for recurrent models (SequenceClassifier); use crown"
+            )
+        if state is None:
+            state = self.propagate(lower, upper, method)
+        g = self.net
+        xl, xu = g.steps_of(lower), g.steps_of(upper)
+        out = self._backward(g.output, lam, state, xl, xu, linear=False)
+        if method != "ibp":
+            out = torch.maximum(out, self._backward(g.output, lam, state, xl, xu, linear=True))
+        return out
+
+
+__all__ = ["Graph", "RecurrentBoundedModel", "RecurrentState", "SequenceClassifier"]
