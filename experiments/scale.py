@@ -2,7 +2,7 @@
 
 Each configuration runs in a fresh subprocess (so its peak RSS is its own) and certifies boxes with
 CROWN using a reduced budget of 20 augmented-Lagrangian iterations (cost is proportional to the
-iteration count, so growth exponents are unaffected; multiply by ~5 for the default 100).
+iteration count, so growth exponents are unaffected; multiply by ~3 for the default 60).
 Random-initialised models: cost, not box size, is measured. Fitted exponent = slope of log(seconds
 per sample) against log(size) by least squares.
 Run: ``.venv/bin/python experiments/scale.py``; writes ``experiments/results/scale.md`` and
@@ -66,7 +66,7 @@ def main() -> None:
     lines = [
         "# Scale: seconds per sample and peak memory",
         "",
-        "CROWN certification, 20 iterations (default is 100: multiply seconds by ~5), 2 CPU threads, "
+        "CROWN certification, 20 iterations (the default is 60: multiply seconds by ~3), 2 CPU threads, "
         "random-initialised models, inputs uniform in [0.25, 0.75]. Peak RSS of the whole process.",
         "Reproduce: `.venv/bin/python experiments/scale.py`.",
         "",

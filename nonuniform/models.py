@@ -2,8 +2,10 @@
 
 Specs: ``mlp:100,100:relu`` (hidden sizes, activation relu|leakyrelu|tanh|sigmoid),
 ``mlp:1024x3:tanh`` (three hidden layers of 1024), ``cnn-small`` (2 conv + 2 linear, Wong & Kolter
-2018), ``cnn-medium`` (4 conv + 3 linear). Every model starts with the data set's
-:class:`~nonuniform.Normalize`, so it takes inputs in the data set's own domain.
+2018), ``cnn-medium`` (4 conv + 3 linear). Every feedforward model starts with the data set's
+:class:`~nonuniform.Normalize`, so it takes inputs in the data set's own domain. Recurrent specs
+``rnn:64`` (tanh; ``rnn:64:relu``), ``lstm:32``, ``gru:32x2`` (2 stacked layers) build a
+:class:`~nonuniform.SequenceClassifier` reading an image as a sequence of rows.
 
 A checkpoint is a ``torch.save`` dict of tensors and plain values only, loaded with
 ``weights_only=True`` (no arbitrary pickle); see :func:`save_checkpoint` for its keys.
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layers import Normalize
+from .layers import Normalize, SequenceClassifier
 
 FORMAT = "nonuniform-checkpoint-v1"
 ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -95,7 +97,7 @@ def build_model(
     num_classes: int = 10,
     mean: float | list[float] = 0.0,
     std: float | list[float] = 1.0,
-) -> nn.Sequential:
+) -> nn.Module:
     """An untrained model for ``arch`` (see module docstring), normalisation first."""
     norm = Normalize(mean, std)
     c, h, w = (input_shape + (1, 1))[:3] if len(input_shape) < 3 else input_shape
@@ -138,7 +140,41 @@ def build_model(
             nn.ReLU(),
             nn.Linear(512, num_classes),
         )
-    raise ModelError(f"unknown architecture '{arch}'; use 'mlp:<sizes>:<act>', 'cnn-small' or 'cnn-medium'")
+    if arch.split(":")[0] in RECURRENT_KINDS:
+        return build_sequence_model(arch, input_shape, num_classes)
+    raise ModelError(
+        f"unknown architecture '{arch}'; use 'mlp:<sizes>:<act>', 'cnn-small', 'cnn-medium', "
+        "'rnn:<hidden>[x<layers>][:tanh|relu]', 'lstm:<hidden>[x<layers>]' or 'gru:<hidden>[x<layers>]'"
+    )
+
+
+RECURRENT_KINDS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def build_sequence_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> SequenceClassifier:
+    """``lstm:32`` / ``gru:32x2`` / ``rnn:64:relu``: a recurrent module reading each sample as
+    rows of its last axis (a 28x28 image is 28 steps of 28 pixels) and a linear head.
+
+    No Normalize layer: sequence models take inputs in [0, 1] as they are.
+    """
+    parts = arch.split(":")
+    kind = parts[0]
+    try:
+        hidden, _, layers = parts[1].partition("x")
+        hidden_size, num_layers = int(hidden), int(layers or 1)
+    except (IndexError, ValueError):
+        raise ModelError(f"bad recurrent spec '{arch}'; expected e.g. 'lstm:32' or 'gru:32x2'") from None
+    extra: dict = {}
+    if kind == "rnn":
+        extra["nonlinearity"] = parts[2] if len(parts) > 2 else "tanh"
+        if extra["nonlinearity"] not in ("tanh", "relu"):
+            raise ModelError(f"'{arch}': an RNN's nonlinearity is tanh or relu")
+    elif len(parts) > 2:
+        raise ModelError(f"'{arch}': only 'rnn' specs take a nonlinearity")
+    if hidden_size <= 0 or num_layers <= 0:
+        raise ModelError(f"'{arch}' needs a positive hidden size and layer count")
+    rnn = RECURRENT_KINDS[kind](input_shape[-1], hidden_size, num_layers, batch_first=True, **extra)
+    return SequenceClassifier(rnn, nn.Linear(hidden_size, num_classes))
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nonuniform import Normalize
+from nonuniform import Normalize, compute_bounds
+from nonuniform.attacks import pgd_minimize
+from nonuniform.bounds import BoundedModel
 
 
 def mlp(act: nn.Module, sizes=(6, 16, 16, 4), seed: int = 0, bn: bool = False) -> nn.Sequential:
@@ -62,3 +64,33 @@ def random_boxes(shape, batch: int, seed: int = 0, max_radius: float = 0.15, dty
     r_lo = torch.rand((batch, *shape), generator=g, dtype=dtype) * max_radius
     r_hi = torch.rand((batch, *shape), generator=g, dtype=dtype) * max_radius
     return centre - r_lo, centre + r_hi
+
+
+def assert_bounds_sound(model, lower, upper, method: str, tag: str, samples: int = 10_000) -> None:
+    """Bounds of the default margins must hold at uniform samples, random corners and under
+    batched PGD on every (sample, spec row, sign) -- one attack row per objective."""
+    shape = tuple(lower.shape[1:])
+    lb, ub = compute_bounds(model, lower, upper, method=method)
+    spec = BoundedModel(model, shape).default_spec(lower, upper)
+    g = torch.Generator().manual_seed(2)
+    for b in range(lower.shape[0]):
+        lo, hi, sp = lower[b], upper[b], spec[b]
+        u = torch.rand((samples, *shape), generator=g)
+        corner = torch.rand((samples // 4, *shape), generator=g) < 0.5
+        pts = torch.cat([lo + u * (hi - lo), torch.where(corner, hi, lo)])
+        with torch.no_grad():
+            vals = torch.einsum("sk,nk->ns", sp, model(pts))
+        assert (vals >= lb[b] - 1e-5).all(), f"{tag}: lower bound violated by sampling"
+        assert (vals <= ub[b] + 1e-5).all(), f"{tag}: upper bound violated by sampling"
+    n_b, n_s = spec.shape[:2]
+    rows_spec = torch.cat([spec, -spec], 1).reshape(n_b * 2 * n_s, -1)  # minimise +s and -s
+    rows_lo = lower.repeat_interleave(2 * n_s, 0)
+    rows_hi = upper.repeat_interleave(2 * n_s, 0)
+
+    def obj(x):
+        return (model(x) * rows_spec).sum(1)
+
+    _, v = pgd_minimize(obj, rows_lo, rows_hi, steps=40, restarts=3)
+    v = v.reshape(n_b, 2, n_s)
+    assert (v[:, 0] >= lb - 1e-5).all(), f"{tag}: PGD below the lower bound"
+    assert (-v[:, 1] <= ub + 1e-5).all(), f"{tag}: PGD above the upper bound"

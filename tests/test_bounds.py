@@ -10,7 +10,7 @@ from nonuniform import METHODS, UnsupportedModelError, compute_bounds
 from nonuniform.attacks import pgd_minimize
 from nonuniform.bounds import BoundedModel, BoxError, margin_spec
 
-from .nets import cnn, mlp, random_boxes
+from .nets import assert_bounds_sound, cnn, mlp, random_boxes
 
 ACTS = {
     "relu": nn.ReLU(),
@@ -31,43 +31,12 @@ def _models():
 MODELS = _models()
 
 
-def _spec_values(model, x, spec):
-    """(n, specs): spec @ f(x) for each point, spec shared by all points."""
-    return torch.einsum("sk,nk->ns", spec, model(x))
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("method", METHODS)
 def test_bounds_hold_on_samples_corners_and_pgd(name, method):
     model, shape = MODELS[name]
     lower, upper = random_boxes(shape, batch=3, seed=1, max_radius=0.2)
-    lb, ub = compute_bounds(model, lower, upper, method=method)
-    bm = BoundedModel(model, shape)
-    spec = bm.default_spec(lower, upper)
-    g = torch.Generator().manual_seed(2)
-    for b in range(lower.shape[0]):
-        lo, hi, sp = lower[b], upper[b], spec[b]
-        n = 10_000
-        u = torch.rand((n, *shape), generator=g)
-        corner = torch.rand((n // 4, *shape), generator=g) < 0.5
-        pts = torch.cat([lo + u * (hi - lo), torch.where(corner, hi, lo)])
-        with torch.no_grad():
-            vals = _spec_values(model, pts, sp)
-        assert (vals >= lb[b] - 1e-5).all(), f"{name}/{method}: lower bound violated by sampling"
-        assert (vals <= ub[b] + 1e-5).all(), f"{name}/{method}: upper bound violated by sampling"
-    # PGD on every (sample, spec row, sign) at once: one batched attack, a row per objective.
-    n_b, n_s = spec.shape[:2]
-    rows_spec = torch.cat([spec, -spec], 1).reshape(n_b * 2 * n_s, -1)  # minimise +s and -s
-    rows_lo = lower.repeat_interleave(2 * n_s, 0)
-    rows_hi = upper.repeat_interleave(2 * n_s, 0)
-
-    def obj(x):
-        return (model(x) * rows_spec).sum(1)
-
-    _, v = pgd_minimize(obj, rows_lo, rows_hi, steps=40, restarts=3)
-    v = v.reshape(n_b, 2, n_s)
-    assert (v[:, 0] >= lb - 1e-5).all(), f"{name}/{method}: PGD below the lower bound"
-    assert (-v[:, 1] <= ub + 1e-5).all(), f"{name}/{method}: PGD above the upper bound"
+    assert_bounds_sound(model, lower, upper, method, f"{name}/{method}")
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,0 +1,127 @@
+"""Recurrent classifiers: the unrolled graph matches PyTorch, and every bound is sound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nonuniform import SequenceClassifier, UnsupportedModelError, certify_boxes, compute_bounds
+from nonuniform.attacks import falsify_boxes
+from nonuniform.bounds import BoundedModel
+
+from .nets import assert_bounds_sound, random_boxes
+
+SHAPE = (5, 3)  # 5 time steps of 3 features
+
+
+def seq_model(kind: str, layers: int = 1, batch_first: bool = True, bias: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    if kind in ("rnn-tanh", "rnn-relu"):
+        rnn = nn.RNN(3, 8, layers, nonlinearity=kind[4:], batch_first=batch_first, bias=bias)
+    else:
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind](3, 8, layers, batch_first=batch_first, bias=bias)
+    with torch.no_grad():  # larger weights than PyTorch's init: more unstable/saturated neurons
+        for p in rnn.parameters():
+            p.mul_(2.5)
+    head = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    return SequenceClassifier(rnn, head).eval()
+
+
+KINDS = ["rnn-tanh", "rnn-relu", "lstm", "gru"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layers,batch_first,bias", [(1, True, True), (2, False, True), (1, True, False)])
+def test_unrolled_graph_matches_pytorch(kind, layers, batch_first, bias):
+    model = seq_model(kind, layers, batch_first, bias)
+    x = torch.rand(7, *SHAPE)
+    bm = BoundedModel(model, SHAPE, torch.float64)
+    assert torch.allclose(bm.net.forward(x.double()), model.double()(x.double()), atol=1e-10)
+
+
+def test_image_shaped_input_is_read_as_rows():
+    model = seq_model("gru")
+    x = torch.rand(4, 1, 5, 3)
+    assert torch.equal(model(x), model(x.reshape(4, 5, 3)))
+    lb, _ = compute_bounds(model, x - 0.01, x + 0.01)
+    lb2, _ = compute_bounds(model, (x - 0.01).reshape(4, 5, 3), (x + 0.01).reshape(4, 5, 3))
+    assert torch.allclose(lb, lb2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["ibp", "fastlin", "crown"])
+def test_bounds_hold_on_samples_corners_and_pgd(kind, method):
+    model = seq_model(kind, layers=2, seed=1)
+    lower, upper = random_boxes(SHAPE, batch=2, seed=1, max_radius=0.25)
+    assert_bounds_sound(model, lower, upper, method, f"{kind}/{method}", samples=4000)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crown_is_tighter_than_interval_bounds(kind):
+    model = seq_model(kind, seed=2)
+    lower, upper = random_boxes(SHAPE, batch=4, seed=3, max_radius=0.1)
+    lb_i, ub_i = compute_bounds(model, lower, upper, method="ibp")
+    lb_c, ub_c = compute_bounds(model, lower, upper, method="crown")
+    assert (lb_c >= lb_i - 1e-6).all() and (ub_c <= ub_i + 1e-6).all()
+    assert (ub_c - lb_c).mean() < 0.8 * (ub_i - lb_i).mean()
+
+
+def test_bounds_are_exact_at_a_point_and_batch_independent():
+    model = seq_model("lstm", seed=4)
+    x = torch.rand(3, *SHAPE, dtype=torch.float64)
+    model = model.double()
+    lb, ub = compute_bounds(model, x, x)
+    values = torch.einsum("bsk,bk->bs", BoundedModel(model, SHAPE, torch.float64).default_spec(x, x), model(x))
+    assert torch.allclose(lb, values, atol=1e-9) and torch.allclose(ub, values, atol=1e-9)
+    lower, upper = random_boxes(SHAPE, batch=3, seed=5, dtype=torch.float64)
+    alone, _ = compute_bounds(model, lower[:1], upper[:1])
+    together, _ = compute_bounds(model, lower, upper)
+    assert torch.allclose(alone[0], together[0], atol=1e-9)
+
+
+def test_gradient_matches_finite_differences():
+    model = seq_model("lstm", seed=6).double()
+    lower, upper = random_boxes(SHAPE, batch=1, seed=7, max_radius=0.05, dtype=torch.float64)
+    spec = BoundedModel(model, SHAPE, torch.float64).default_spec(lower, upper)
+    r = ((upper - lower) / 2).requires_grad_(True)
+    c = (upper + lower) / 2
+
+    def f(rad):
+        return compute_bounds(model, c - rad, c + rad, spec=spec, bound_upper=False)[0].sum()
+
+    f(r).backward()
+    direction = torch.randn_like(r)
+    h = 1e-6
+    numeric = (f(r.detach() + h * direction) - f(r.detach() - h * direction)) / (2 * h)
+    assert torch.allclose((r.grad * direction).sum(), numeric, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_certified_boxes_survive_attacks(kind):
+    model = seq_model(kind, seed=8)
+    x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(9))
+    res = certify_boxes(model, x, iterations=15)
+    assert res.certified.all()
+    assert (res.log_volume >= res.uniform_log_volume - 1e-6).all()
+    lower, upper = torch.as_tensor(res.lower), torch.as_tensor(res.upper)
+    fals = falsify_boxes(model, lower, upper, torch.as_tensor(res.preds), restarts=5, steps=50)
+    assert not fals.broken.any(), f"{kind}: counterexample inside a certified box"
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="bidirectional"):
+        SequenceClassifier(nn.LSTM(3, 4, bidirectional=True))
+    with pytest.raises(ValueError, match="proj_size"):
+        SequenceClassifier(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(TypeError, match="nn.RNN, nn.LSTM or nn.GRU"):
+        SequenceClassifier(nn.Linear(3, 4))
+    with pytest.raises(UnsupportedModelError, match="multiple of 3"):
+        BoundedModel(seq_model("lstm"), (7,))
+    with pytest.raises(UnsupportedModelError, match="SequenceClassifier"):
+        BoundedModel(nn.Sequential(nn.LSTM(3, 4)), SHAPE)
+    lower, upper = random_boxes(SHAPE, batch=1)
+    with pytest.raises(ValueError, match="alpha-crown is not available"):
+        compute_bounds(seq_model("gru"), lower, upper, method="alpha-crown")
+    with pytest.raises(ValueError, match=r"\(batch, time, 3\)"):
+        seq_model("gru")(torch.rand(2, 7))
