@@ -22,6 +22,10 @@ from torch import Tensor
 #: (exact for monotone activations, and free of 0/0 in chord slopes).
 TINY_WIDTH = 1e-6
 
+#: Two candidate gate planes whose centre values differ by less than this count as tied (the
+#: first is kept), see :class:`Product`.
+PICK_TOLERANCE = 1e-6
+
 
 @dataclass
 class LinearRelaxation:
@@ -281,7 +285,8 @@ class Product:
     3. Of the two candidates per side, keep the one that is tighter at the rectangle's centre.
        The mean of a plane over the rectangle is its value at the centre, so this choice
        minimises the mean gap to g (the volume between plane and surface), as POPQORN's planes
-       aim to, without an inner optimisation; any choice is sound.
+       aim to, without an inner optimisation; any choice is sound. Near-ties (within
+       ``PICK_TOLERANCE``) keep the first plane, so rounding noise cannot flip the choice.
 
     Shapes: all bounds ``(batch, *features)``; the planes are ``(batch, 1, *features)``.
     """
@@ -321,7 +326,10 @@ class Product:
         def pick(p1, p2, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
             v1 = p1[0] * xc + p1[1] * yc + p1[2]
             v2 = p2[0] * xc + p2[1] * yc + p2[2]
-            first = v1 >= v2 if lower else v1 <= v2
+            # In (a, b) space the two McCormick planes tie exactly at the centre, so the choice is
+            # often a near-tie; the tolerance keeps rounding noise (e.g. a different batch size in
+            # an earlier matmul) from flipping it.
+            first = v1 >= v2 - PICK_TOLERANCE if lower else v1 <= v2 + PICK_TOLERANCE
             return tuple(torch.where(first, t1, t2) for t1, t2 in zip(p1, p2))  # type: ignore[return-value]
 
         low = pick(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
