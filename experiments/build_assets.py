@@ -30,6 +30,13 @@ RECIPES = {
     "fashion-mlp": ("fashion-mnist", "mlp:100,100:relu", TrainConfig(epochs=10)),
     "fashion-mlp-pgd": ("fashion-mnist", "mlp:100,100:relu", TrainConfig(epochs=15, adv_eps=0.1)),
     "mnist-cnn-small": ("mnist", "cnn-small", TrainConfig(epochs=4)),
+    # Sequence models (issue 8): each image is 28 steps of 28 pixels. Small hidden sizes keep
+    # CROWN through 28 unrolled steps affordable (its cost grows with the hidden size squared).
+    **{
+        f"{ds.split('-')[0]}-{kind}": (ds, arch, TrainConfig(epochs=6, lr=3e-3))
+        for ds in ("mnist", "fashion-mnist")
+        for kind, arch in (("rnn", "rnn:32"), ("lstm", "lstm:16"), ("gru", "gru:16"))
+    },
 }
 
 

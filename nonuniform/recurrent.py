@@ -350,21 +350,48 @@ class RecurrentBoundedModel(BoundedModel):
         """Lower bound of ``lam . v_start`` over the box. With ``linear=False`` nonlinear nodes
         are not relaxed but concretised against their interval (the interval bound)."""
         g = self.net
-        lams: dict[int, Tensor] = {start: lam}
+        # Pending coefficients per node, by slice: gates push (batch, specs, H) pieces into a
+        # (batch, specs, 4H) node, assembled once when the node is reached (no zero padding).
+        parts: dict[int, dict[tuple[int, int], Tensor]] = {start: {(0, g.nodes[start].size): lam}}
         total = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
 
         def push(r: Ref, v: Tensor) -> None:
-            size = g.nodes[r.node].size
-            if (r.start, r.stop) != (0, size):
-                v = F.pad(v, (r.start, size - r.stop))
-            lams[r.node] = lams[r.node] + v if r.node in lams else v
+            pending = parts.setdefault(r.node, {})
+            key = (r.start, r.stop)
+            pending[key] = pending[key] + v if key in pending else v
+
+        def assemble(k: int) -> Tensor | None:
+            pending = parts.pop(k, None)
+            if not pending:
+                return None
+            size = g.nodes[k].size
+            if list(pending) == [(0, size)]:
+                return pending[(0, size)]
+            full = pending.pop((0, size), None)
+            pieces, at = [], 0
+            for (a, b), v in sorted(pending.items()):
+                if a < at:  # overlapping slices (not built by this module): pad and add
+                    v = F.pad(v, (a, size - b))
+                    full = v if full is None else full + v
+                    continue
+                if a > at:
+                    pieces.append(v.new_zeros(*v.shape[:-1], a - at))
+                pieces.append(v)
+                at = b
+            if at < size:
+                pieces.append(pieces[-1].new_zeros(*pieces[-1].shape[:-1], size - at))
+            if len({p.shape[0] for p in pieces}) > 1:  # batch axis 1 next to batch axis b
+                n = max(p.shape[0] for p in pieces)
+                pieces = [p.expand(n, *p.shape[1:]) for p in pieces]
+            out = torch.cat(pieces, -1)
+            return out if full is None else full + out
 
         def concretise(L: Tensor, l: Tensor, u: Tensor) -> Tensor:
             c, rad = ((u + l) / 2).unsqueeze(-1), ((u - l) / 2).unsqueeze(-1)
             return (L @ c - L.abs() @ rad).squeeze(-1)
 
         for k in range(start, -1, -1):
-            L = lams.pop(k, None)
+            L = assemble(k)
             if L is None:
                 continue
             node = g.nodes[k]

@@ -72,7 +72,9 @@ def test_bounds_are_exact_at_a_point_and_batch_independent():
     x = torch.rand(3, *SHAPE, dtype=torch.float64)
     model = model.double()
     lb, ub = compute_bounds(model, x, x)
-    values = torch.einsum("bsk,bk->bs", BoundedModel(model, SHAPE, torch.float64).default_spec(x, x), model(x))
+    values = torch.einsum(
+        "bsk,bk->bs", BoundedModel(model, SHAPE, torch.float64).default_spec(x, x), model(x)
+    )
     assert torch.allclose(lb, values, atol=1e-9) and torch.allclose(ub, values, atol=1e-9)
     lower, upper = random_boxes(SHAPE, batch=3, seed=5, dtype=torch.float64)
     alone, _ = compute_bounds(model, lower[:1], upper[:1])

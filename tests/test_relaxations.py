@@ -76,7 +76,10 @@ def test_interval_is_exact_range(name):
 
 def test_degenerate_rectangle_is_exact():
     gate = GATES["sigmoid*tanh"]
-    x, y = torch.tensor([[0.3], [-1.0]], dtype=torch.float64), torch.tensor([[0.7], [2.0]], dtype=torch.float64)
+    x, y = (
+        torch.tensor([[0.3], [-1.0]], dtype=torch.float64),
+        torch.tensor([[0.7], [2.0]], dtype=torch.float64),
+    )
     p = gate.relax(x, x, y, y)
     v = gate.f(x, y)
     assert torch.allclose(p.lower(x, y)[:, 0], v) and torch.allclose(p.upper(x, y)[:, 0], v)
