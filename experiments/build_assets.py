@@ -32,10 +32,12 @@ RECIPES = {
     "mnist-cnn-small": ("mnist", "cnn-small", TrainConfig(epochs=4)),
     # Sequence models (issue 8): each image is 28 steps of 28 pixels. Small hidden sizes keep
     # CROWN through 28 unrolled steps affordable (its cost grows with the hidden size squared).
+    # The plain tanh RNN is weak at hidden 32 (fashion 76.5% at lr 3e-3, 80.0% at 1e-3; MNIST
+    # 93.9% / 90.5%): hidden 64 at lr 2e-3.
     **{
-        f"{ds.split('-')[0]}-{kind}": (ds, arch, TrainConfig(epochs=6, lr=3e-3))
+        f"{ds.split('-')[0]}-{kind}": (ds, arch, TrainConfig(epochs=20, lr=2e-3 if kind == "rnn" else 3e-3))
         for ds in ("mnist", "fashion-mnist")
-        for kind, arch in (("rnn", "rnn:32"), ("lstm", "lstm:16"), ("gru", "gru:16"))
+        for kind, arch in (("rnn", "rnn:64"), ("lstm", "lstm:16"), ("gru", "gru:16"))
     },
 }
 

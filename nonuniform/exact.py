@@ -65,6 +65,8 @@ def verify_box_milp(
     lower = torch.as_tensor(lower).detach().cpu().to(torch.float64)[None]  # HiGHS runs on the CPU
     upper = torch.as_tensor(upper).detach().cpu().to(torch.float64)[None]
     bm = BoundedModel(model, tuple(lower.shape[1:]), torch.float64)
+    if not hasattr(bm.net, "ops"):
+        raise ValueError("MILP verification supports feedforward ReLU networks only, not recurrent models")
     ops = bm.net.ops
     for op in ops:
         if isinstance(op, Activation) and not (

@@ -165,3 +165,21 @@ def explanation_curves(scores: list, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def step_profile_figure(named: dict, path: str | Path, title: str = "") -> None:
+    """Certified radius when only one time step may move, per step: median (line) and
+    quartiles (band) over samples, one line per model. ``named``: name -> StepRobustness."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, res in named.items():
+        med, q1, q3 = res.profile()
+        steps = np.arange(len(med))
+        ax.plot(steps, med, marker=".", label=name)
+        ax.fill_between(steps, q1, q3, alpha=0.2)
+    ax.set_xlabel("time step (image row)")
+    ax.set_ylabel("log10 certified radius of the step")
+    ax.set_title(title or "per-step certified robustness", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -114,6 +114,23 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert boxes.indices.tolist() == [0, 1, 2, 3]
 
 
+def test_recurrent_model_certify_verify_and_steps(tmp_path):
+    out = tmp_path / "lstm"
+    run("certify", "mnist-lstm", "--out", out, "--count", 2, "--iterations", 5, "--no-figures")
+    boxes = CertifiedBoxes.load(out / "boxes.npz")
+    assert boxes.certified.all() and boxes.lower.shape == (2, 1, 28, 28)
+    res = run("verify", out / "boxes.npz", "--attack-restarts", 2, "--json")
+    assert json.loads(res.stdout)["ok"] is True
+    res = run(
+        "steps", "mnist-gru", "--out", tmp_path / "steps", "--count", 1, "--bisection-steps", 3, "--json"
+    )
+    summary = json.loads(res.stdout)
+    assert len(summary["median_log10_radius_per_step"]) == 28
+    with np.load(tmp_path / "steps" / "steps.npz") as z:
+        assert z["radius"].shape == (1, 28) and (z["radius"] > 0).any()
+    assert (tmp_path / "steps" / "steps.png").exists()
+
+
 def test_models_and_demo(tmp_path):
     res = run("models", "--json")
     assert {c["name"] for c in json.loads(res.stdout)} >= {"mnist-mlp", "mnist-mlp-pgd"}
@@ -143,6 +160,7 @@ def test_models_and_demo(tmp_path):
             "unknown bound method",
         ),
         (["verify", "missing.npz"], "file not found"),
+        (["steps", "mnist-mlp", "--out", "x"], "not a recurrent model"),
         (["demo", "--count", "0"], "--count must be between"),
     ],
 )
