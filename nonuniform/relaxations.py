@@ -12,6 +12,7 @@ the lower slope under alpha-CROWN, which is per specification: ``(batch, specs, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,9 +23,12 @@ from torch import Tensor
 #: (exact for monotone activations, and free of 0/0 in chord slopes).
 TINY_WIDTH = 1e-6
 
-#: Two candidate gate planes whose centre values differ by less than this count as tied (the
-#: first is kept), see :class:`Product`.
-PICK_TOLERANCE = 1e-6
+#: The tangent points of S-shaped relaxations come from a table of d*(l) on [-TANGENT_RANGE, 0].
+TANGENT_RANGE = 40.0
+TANGENT_POINTS = 8193
+#: Bisection steps inside one table cell (width <= 0.005): (float32, float64).
+TANGENT_REFINE = (16, 32)
+_TANGENT_TABLES: dict = {}
 
 
 @dataclass
@@ -132,20 +136,65 @@ class SShaped(Relaxation):
       * l >= 0 (concave part): the tangent at the midpoint;
       * l < 0 < u: the chord if f'(u) >= chord slope (then f - chord is convex-then-concave with
         zeros at both ends and non-negative slope at u, hence <= 0); otherwise the tangent at the
-        point d in [0, u] whose tangent passes through (l, f(l)). d is found by bisection and the
-        end of the bracket whose tangent passes *above* (l, f(l)) is used, so the line is sound for
-        any number of bisection steps (f - tangent is concave on [l, 0] and <= 0 at both ends).
+        point d >= 0 whose tangent passes through (l, f(l)). d comes from a precomputed table
+        and is never below the exact point, so the tangent passes through or *above* (l, f(l)):
+        it is above f on [0, inf) (f concave there), and on [l, 0] f - tangent is convex and
+        <= 0 at both ends. See :meth:`_tangent_point`.
     Intervals narrower than ``TINY_WIDTH`` use the constant lines f(l), f(u).
     """
 
     symmetry: ClassVar[float]
-    bisection_steps: ClassVar[int] = 24
 
     def derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def second_derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _tangent_table(self, device) -> Tensor:
+        """d*(l_k) on the grid l_k = -TANGENT_RANGE + k * step (float64), cached per class/device.
+
+        d*(l) solves h(d) = f(d) + f'(d)(l - d) - f(l) = 0 on [0, |l|] (h increases in d there and
+        h(|l|) >= 0 because f' is largest at 0); the bisection keeps the end with h >= 0.
+        """
+        key = (type(self), str(device))
+        table = _TANGENT_TABLES.get(key)
+        if table is None:
+            grid = torch.linspace(-TANGENT_RANGE, 0.0, TANGENT_POINTS, dtype=torch.float64, device=device)
+            lo, hi, f_l = torch.zeros_like(grid), -grid, self.f(grid)
+            for _ in range(80):
+                d = (lo + hi) / 2
+                above = self.f(d) + self.derivative(d) * (grid - d) - f_l >= 0
+                hi, lo = torch.where(above, d, hi), torch.where(above, lo, d)
+            table = _TANGENT_TABLES[key] = hi
+        return table
+
+    def _tangent_point(self, l: Tensor, u: Tensor) -> Tensor:
+        """A tangent point d >= d*(l) (so the tangent at d passes above (l, f(l))).
+
+        d*(l) decreases in l (dd*/dl = -(f'(d*) - f'(l)) / (f''(d*)(l - d*)) < 0 since d* <= |l|),
+        so for l in the grid cell [l_k, l_k+1] it lies in [table[k+1], table[k]], and table[k]
+        is already sound. A few bisection steps inside that bracket (keeping the end with
+        h >= 0) make it nearly exact: the line stays sound for any step count. Below the table
+        (l < -TANGENT_RANGE) the bracket is [table[0], max(u, table[0])]: whenever the tangent
+        (not the chord) is chosen, d*(l) <= u.
+        """
+        table = self._tangent_table(l.device)
+        step = TANGENT_RANGE / (TANGENT_POINTS - 1)
+        # Always in float64: in float32, h's rounding error (~1e-7 * |l - d|) could accept a
+        # point slightly below d*. The result is rounded *up* to the caller's dtype.
+        l64, u64 = l.double(), u.double()
+        k = ((l64 + TANGENT_RANGE) / step).floor().clamp(0, TANGENT_POINTS - 2).long()
+        inside = l64 >= -TANGENT_RANGE
+        hi = torch.where(inside, table[k], torch.maximum(u64, table[0]))
+        lo = torch.where(inside, table[k + 1], table[0])
+        fl = self.f(l64)
+        for _ in range(TANGENT_REFINE[l.dtype == torch.float64]):
+            d = (lo + hi) / 2
+            above = self.f(d) + self.derivative(d) * (l64 - d) - fl >= 0
+            hi, lo = torch.where(above, d, hi), torch.where(above, lo, d)
+        out = hi.to(l.dtype)
+        return torch.where(out.double() < hi, torch.nextafter(out, torch.full_like(out, math.inf)), out)
 
     def _upper(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         fl, fu = self.f(l), self.f(u)
@@ -158,21 +207,11 @@ class SShaped(Relaxation):
         mid_slope = self.derivative(mid)
         mid_bias = self.f(mid) - mid_slope * mid
 
-        # Tangent point d through (l, f(l)) for straddling intervals, by bisection on
-        # h(d) = f(d) + f'(d)(l - d) - f(l), increasing on [0, u]. The bracket end with h >= 0 is
-        # kept, so the line is sound whatever the precision.
-        steps = self.bisection_steps if l.dtype != torch.float64 else 2 * self.bisection_steps
+        # Tangent point d >= 0 whose tangent passes through or above (l, f(l)), for straddling
+        # intervals: a table lookup refined by bisection (see _tangent_point); never below d*(l).
         with torch.no_grad():
-            lo = torch.zeros_like(u)
-            hi = u.clamp(min=0).detach().clone()
-            ld, fld = l.detach(), fl.detach()
-            for _ in range(steps):
-                d = (lo + hi) / 2
-                through = self.f(d) + self.derivative(d) * (ld - d) - fld
-                above = through >= 0
-                hi = torch.where(above, d, hi)
-                lo = torch.where(above, lo, d)
-            d = hi
+            ld = l.detach()
+            d = self._tangent_point(ld, u.detach())
             # Implicit-function derivative dd/dl = -(dh/dl) / (dh/dd), attached below so that
             # the optimiser sees how the line moves with l (the value of d stays the bisected one).
             dh_dd = self.second_derivative(d) * (ld - d)
@@ -282,11 +321,15 @@ class Product:
        when ``k_a >= 0`` for a lower plane, its upper line otherwise; mirrored for upper planes),
        and ``b`` likewise with q's lines. Each replacement is an inequality valid at every point
        of the rectangle, so the result is a plane in (x, y) that is sound on all of it.
-    3. Of the two candidates per side, keep the one that is tighter at the rectangle's centre.
-       The mean of a plane over the rectangle is its value at the centre, so this choice
-       minimises the mean gap to g (the volume between plane and surface), as POPQORN's planes
-       aim to, without an inner optimisation; any choice is sound. Near-ties (within
-       ``PICK_TOLERANCE``) keep the first plane, so rounding noise cannot flip the choice.
+    3. A convex combination of two sound planes is sound. Per side, weight the two candidates
+       by how much tighter each is at the rectangle's centre: the mean of a plane over the
+       rectangle is its value at the centre, so the tighter one has the smaller mean gap to g
+       (the volume between plane and surface, which POPQORN's planes minimise by an inner
+       optimisation). In (a, b) space the two McCormick planes tie exactly at the centre, so
+       near-ties are common; a hard choice there makes the bound jump (by 0.03 in a margin of
+       an MNIST LSTM between float32 and float64) and the box optimiser stumble. The weight
+       ramps linearly over differences of one McCormick centre gap (aU-aL)(bU-bL)/4: the
+       planes, hence the bounds, are continuous in the input bounds.
 
     Shapes: all bounds ``(batch, *features)``; the planes are ``(batch, 1, *features)``.
     """
@@ -323,17 +366,18 @@ class Product:
             b_o = torch.where(kb >= 0, ob, fb_b)
             return ka * a_s, kb * b_s, ka * a_o + kb * b_o + c
 
-        def pick(p1, p2, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
+        # McCormick's gap at the centre of the (a, b) rectangle, the natural scale of differences.
+        scale = (aU - aL) * (bU - bL) / 4 + 1e-12
+
+        def blend(p1, p2, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
             v1 = p1[0] * xc + p1[1] * yc + p1[2]
             v2 = p2[0] * xc + p2[1] * yc + p2[2]
-            # In (a, b) space the two McCormick planes tie exactly at the centre, so the choice is
-            # often a near-tie; the tolerance keeps rounding noise (e.g. a different batch size in
-            # an earlier matmul) from flipping it.
-            first = v1 >= v2 - PICK_TOLERANCE if lower else v1 <= v2 + PICK_TOLERANCE
-            return tuple(torch.where(first, t1, t2) for t1, t2 in zip(p1, p2))  # type: ignore[return-value]
+            better = (v1 - v2) if lower else (v2 - v1)  # > 0 where the first plane is tighter
+            w = (0.5 + better / (2 * scale)).clamp(0.0, 1.0)
+            return tuple(w * t1 + (1 - w) * t2 for t1, t2 in zip(p1, p2))  # type: ignore[return-value]
 
-        low = pick(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
-        up = pick(plane(bL, aU, -aU * bL, False), plane(bU, aL, -aL * bU, False), False)
+        low = blend(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
+        up = blend(plane(bL, aU, -aU * bL, False), plane(bU, aL, -aL * bU, False), False)
         return PlaneRelaxation(*(t.unsqueeze(1) for t in (*low, *up)))
 
 

@@ -91,3 +91,25 @@ def test_planes_are_differentiable_in_the_bounds():
     p = gate.relax(lx, ux, ly, uy)
     p.lower((lx + ux) / 2, (ly + uy) / 2).sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (lx, ux, ly, uy))
+
+
+@pytest.mark.parametrize("act", [Sigmoid(), Tanh()], ids=["sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tangent_points_never_fall_below_the_exact_point(act, dtype):
+    # h(d) = f(d) + f'(d)(l - d) - f(l) >= 0 means the tangent at d passes above (l, f(l)):
+    # checked in float64 for table cells, cell edges and beyond the table's range.
+    g = torch.Generator().manual_seed(5)
+    l = torch.cat([-torch.rand(20000, generator=g, dtype=torch.float64) * 50, -torch.arange(0, 45, 0.005)])
+    l = l.to(dtype)
+    d = act._tangent_point(l, torch.full_like(l, 60.0)).double()
+    l64 = l.double()
+    h = act.f(d) + act.derivative(d) * (l64 - d) - act.f(l64)
+    assert h.min() >= 0
+    # Nearly exact inside the table: within 1e-5 of a 100-step float64 bisection on [0, |l|].
+    sel = (l64 > -40) & (l64 < -0.01)
+    lo, hi = torch.zeros_like(l64[sel]), -l64[sel]
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        above = act.f(mid) + act.derivative(mid) * (l64[sel] - mid) - act.f(l64[sel]) >= 0
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    assert (d[sel] - hi).abs().max() < 1e-5
