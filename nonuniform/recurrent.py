@@ -18,7 +18,8 @@ number of steps it crosses and never carries the whole input sequence.
 
 Intermediate bounds: every linear node that feeds a nonlinearity gets the interval propagated
 from its sources, intersected with a CROWN back-substitution down to the inputs (POPQORN's
-scheme), unless it depends on inputs and constants only (then the interval is exact). The final
+scheme), unless it depends on inputs and constants only or is a scalar multiple of one source
+(then the interval is exact). The final
 bound is intersected with the interval bound at the last nonlinear nodes, so no method is
 looser than ``ibp``.
 
@@ -142,7 +143,9 @@ class Graph:
                     or (isinstance(self.nodes[r.node], LinearNode) and not self.nodes[r.node].terms)
                     for r, _ in node.terms
                 )
-                node.tighten = feeds_nonlinear and not only_inputs
+                # c * (one source) is exact from the source's (already tightened) interval.
+                scaled_copy = len(node.terms) == 1 and isinstance(node.terms[0][1], float)
+                node.tighten = feeds_nonlinear and not only_inputs and not scaled_copy
         self.num_classes = self.nodes[self.output].size
 
     # -- building ---------------------------------------------------------------------------
