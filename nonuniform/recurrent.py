@@ -158,12 +158,11 @@ class Graph:
         return None if p is None else p.detach().to(dtype=self.dtype, device=self.device)
 
     def _linear(self, name: str, terms: list[tuple[Ref, Weight]], *biases: Tensor | None) -> Ref:
+        """A linear node; its size is the first term's output size, its bias the sum of biases."""
         present = [b for b in biases if b is not None]
         bias = sum(present[1:], present[0]) if present else None
-        size = biases[0].numel() if biases and biases[0] is not None else None
-        if size is None:
-            w = terms[0][1]
-            size = w.shape[0] if isinstance(w, Tensor) else terms[0][0].stop - terms[0][0].start
+        ref, w = terms[0]
+        size = w.shape[0] if isinstance(w, Tensor) else ref.stop - ref.start
         return Ref(self._add(LinearNode(name, size, terms=terms, bias=bias)), 0, size)
 
     def _product(self, name: str, x: Ref, y: Ref, q: Relaxation) -> Ref:
