@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -524,6 +526,7 @@ def certify_boxes(
         raise ValueError(f"{len(y_all)} labels for {len(x_all)} inputs")
     shape = tuple(x_all.shape[1:])
     bm = BoundedModel(model, shape, torch.float32, device)
+    batch_size = _affordable_batch(bm, batch_size, device)
     check_dt = {"float64": torch.float64, "float32": torch.float32}[cfg.check_dtype]
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
@@ -625,6 +628,43 @@ def _certify_batch(
         indices=np.arange(b),
         free=p.free.cpu().numpy(),
     )
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes currently available on ``device`` (CPU: MemAvailable; CUDA: free device memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _affordable_batch(bm: BoundedModel, batch_size: int, device: torch.device) -> int:
+    """Cap the batch so the optimiser's autograd tape fits in 60% of free memory.
+
+    Only recurrent models have an estimate (their tape grows with steps^2 * hidden^2: an LSTM
+    with hidden 64 at the default batch of 25 was killed for lack of memory on a 24 GB machine).
+    Samples are independent, so a smaller batch changes speed, never results.
+    """
+    estimate = getattr(bm.net, "tape_bytes_per_sample", None)
+    if estimate is None:
+        return batch_size
+    per_sample = max(1, estimate())
+    affordable = max(1, int(0.6 * free_memory(device)) // per_sample)
+    if affordable < batch_size:
+        warnings.warn(
+            f"batch_size {batch_size} would need ~{batch_size * per_sample / 2**30:.1f} GiB for the "
+            f"recurrent model's bounds; using {affordable} (free memory "
+            f"{free_memory(device) / 2**30:.1f} GiB)",
+            stacklevel=3,
+        )
+        return affordable
+    return batch_size
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -127,3 +127,18 @@ def test_clear_errors():
         compute_bounds(seq_model("gru"), lower, upper, method="alpha-crown")
     with pytest.raises(ValueError, match=r"\(batch, time, 3\)"):
         seq_model("gru")(torch.rand(2, 7))
+
+
+def test_batch_is_capped_to_free_memory_without_changing_results(monkeypatch):
+    import nonuniform.boxes as boxes
+
+    model = seq_model("lstm", seed=15)
+    x = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(16))
+    full = certify_boxes(model, x, iterations=5, batch_size=3)
+    per_sample = BoundedModel(model, SHAPE).net.tape_bytes_per_sample()
+    monkeypatch.setattr(boxes, "free_memory", lambda device: int(1.5 * per_sample / 0.6))
+    with pytest.warns(UserWarning, match="using 1"):
+        capped = certify_boxes(model, x, iterations=5, batch_size=3)
+    assert capped.settings["batch_size"] == 1
+    assert torch.allclose(torch.as_tensor(capped.lower), torch.as_tensor(full.lower), atol=1e-5)
+    assert torch.allclose(torch.as_tensor(capped.upper), torch.as_tensor(full.upper), atol=1e-5)
