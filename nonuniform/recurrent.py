@@ -110,7 +110,9 @@ def _apply_abs(w: Weight, r: Tensor) -> Tensor:
 def _transpose(w: Weight, lam: Tensor) -> Tensor:
     if isinstance(w, AffineOp):
         return w.backward(lam)
-    return lam * w if isinstance(w, float) else lam @ w
+    if isinstance(w, float):
+        return lam if w == 1.0 else lam * w  # sums of gate products: no copy
+    return lam @ w
 
 
 class Graph:
