@@ -115,8 +115,12 @@ class BoundedModel:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.net = Network(model, tuple(input_shape), dtype, device)
+        self.net = self._build(model, tuple(input_shape), dtype, device)
         self.num_classes = self.net.num_classes
+
+    def _build(self, model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
+        """The model as the engine's representation (the recurrent subclass unrolls a graph)."""
+        return Network(model, input_shape, dtype, device)
 
     # -- forward sweep ------------------------------------------------------------------
     def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> BoundState:

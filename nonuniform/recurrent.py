@@ -294,15 +294,8 @@ class RecurrentState:
 class RecurrentBoundedModel(BoundedModel):
     """:class:`~nonuniform.bounds.BoundedModel` for a SequenceClassifier (built by it)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.net = Graph(model, tuple(input_shape), dtype, device)  # type: ignore[assignment]
-        self.num_classes = self.net.num_classes
+    def _build(self, model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Graph:  # type: ignore[override]
+        return Graph(model, input_shape, dtype, device)
 
     def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> RecurrentState:  # type: ignore[override]
         g = self.net
