@@ -437,7 +437,7 @@ def steps(
     """Per-time-step robustness: the certified radius when only one step of the sequence moves."""
     from nonuniform import SequenceClassifier
     from nonuniform.plots import step_profile_figure
-    from nonuniform.steps import step_robustness
+    from nonuniform.steps import StepRobustness, step_robustness
 
     net, card, dev = resolve_model(model, device)
     if not isinstance(net, SequenceClassifier):
@@ -454,14 +454,7 @@ def steps(
             sl = slice(start, start + batch_size)
             parts.append(step_robustness(net, x[sl], y[sl], method, card.domain, bisection_steps, device=dev))
             bar.update(task, advance=len(x[sl]))
-    radius = np.concatenate([p.radius for p in parts])
-    res = parts[0]
-    res.radius, res.preds, res.labels, res.correct = (
-        radius,
-        np.concatenate([p.preds for p in parts]),
-        np.concatenate([p.labels for p in parts]),
-        np.concatenate([p.correct for p in parts]),
-    )
+    res = StepRobustness.concat(parts)
     np.savez_compressed(
         out / "steps.npz",
         radius=res.radius,

@@ -37,6 +37,18 @@ class StepRobustness:
     method: str
     span: float  # the domain's width: a radius equal to it means the whole step is free
 
+    @classmethod
+    def concat(cls, parts: list[StepRobustness]) -> StepRobustness:
+        """Results of consecutive batches as one (same method and domain)."""
+        return cls(
+            *(
+                np.concatenate([getattr(p, k) for p in parts])
+                for k in ("radius", "preds", "labels", "correct")
+            ),
+            method=parts[0].method,
+            span=parts[0].span,
+        )
+
     def profile(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Median and quartiles of log10 radius per step over correctly classified samples."""
         r = np.log10(np.maximum(self.radius[self.correct], MIN_STEP_RADIUS))
