@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import SequenceClassifier
+from .interval import intersect
 from .network import Activation, AffineOp, Network
 from .relaxations import LinearRelaxation
 
@@ -205,8 +206,7 @@ class BoundedModel:
             outs_u.append(-out[:, part.numel() :])
         crown_l, crown_u = torch.cat(outs_l, 1), torch.cat(outs_u, 1)
         old_l, old_u = lf.gather(1, order), uf.gather(1, order)
-        new_l = torch.where(valid, torch.maximum(old_l, crown_l), old_l)
-        new_u = torch.where(valid, torch.minimum(old_u, crown_u), old_u)
+        new_l, new_u = intersect(old_l, old_u, crown_l, crown_u, where=valid)
         lf = lf.scatter(1, order, new_l)
         uf = uf.scatter(1, order, new_u)
         return lf.reshape(l.shape), uf.reshape(u.shape)

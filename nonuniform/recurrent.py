@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bounds import BoundedModel
+from .interval import intersect
 from .layers import SequenceClassifier
 from .network import Activation, AffineOp, Network, UnsupportedModelError
 from .relaxations import (
@@ -343,6 +344,8 @@ class RecurrentBoundedModel(BoundedModel):
             for c in g.nodes[k].consumers
         )
         need = ((l < 0) & (u > 0)) if relu_only else (u - l) > TINY_WIDTH
+        # Rows for the union over the batch (one shared backward pass), but each sample keeps
+        # the CROWN bound only where *it* needs one: its result never depends on its batch-mates.
         sel = need.any(0).nonzero().squeeze(1)
         m = sel.numel()
         if m == 0:
@@ -351,8 +354,7 @@ class RecurrentBoundedModel(BoundedModel):
         rows[torch.arange(m, device=l.device), sel] = 1.0
         lam = torch.cat([rows, -rows]).unsqueeze(0)
         out = self._backward(k, lam, RecurrentState(lo, hi, relax), xl, xu, linear=True)
-        new_l = torch.maximum(l[:, sel], out[:, :m])
-        new_u = torch.minimum(u[:, sel], -out[:, m:])
+        new_l, new_u = intersect(l[:, sel], u[:, sel], out[:, :m], -out[:, m:], where=need[:, sel])
         return l.index_copy(1, sel, new_l), u.index_copy(1, sel, new_u)
 
     def _backward(

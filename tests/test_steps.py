@@ -59,3 +59,36 @@ def test_misclassified_samples_get_zero_and_profile_skips_them():
 def test_feedforward_model_is_rejected():
     with pytest.raises(TypeError, match="SequenceClassifier"):
         step_robustness(mlp(torch.nn.ReLU()), torch.rand(1, 6))
+
+
+EMBEDDED = ["mnist-rnn"] + (
+    ["mnist-lstm", "mnist-gru", "fashion-rnn", "fashion-lstm", "fashion-gru"]
+    if int(__import__("os").environ.get("NONUNIFORM_SEEDS", "1")) > 1
+    else []
+)
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_embedded_step_radii_are_not_quantised_and_maximal(name):
+    """Issue 13: batched per-step boxes made float32 bounds wrong, the float64 proof halved them,
+    and radii came out as exact powers of two. Now none is, and 1.5x every radius fails."""
+    import numpy as np
+
+    from nonuniform import load_model
+    from nonuniform.samples import load_samples
+
+    model, _ = load_model(name)
+    x, y = load_samples("fashion-mnist" if name.startswith("fashion") else "mnist")
+    res = step_robustness(model, x[:1], y[:1], bisection_steps=10)
+    assert res.correct.all()
+    r = res.radius[0]
+    logs = np.log2(r[r > 0])
+    assert len(logs) > 20 and not (np.abs(logs - np.round(logs)) < 1e-9).any()
+    pred = torch.as_tensor(res.preds[:1])
+    grow = [t for t in range(28) if 0 < r[t] < 0.6]
+    mask = torch.zeros(len(grow), 1, 28, 28)
+    for i, t in enumerate(grow):
+        mask[i, 0, t] = 1.5 * float(r[t])
+    lo, hi = (x[:1] - mask).clamp(0, 1), (x[:1] + mask).clamp(0, 1)
+    lb, _ = compute_bounds(model, lo, hi, margin_spec(pred.repeat(len(grow)), 10))
+    assert (lb.min(1).values < 1e-3).all()
