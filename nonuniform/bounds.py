@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .layers import SequenceClassifier
 from .interval import intersect
+from .layers import SequenceClassifier
 from .network import Activation, AffineOp, Network
 from .relaxations import LinearRelaxation
 

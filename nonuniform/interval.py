@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 
-def intersect(l: Tensor, u: Tensor, new_l: Tensor, new_u: Tensor, where: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def intersect(
+    l: Tensor, u: Tensor, new_l: Tensor, new_u: Tensor, where: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``[l, u] & [new_l, new_u]`` where ``where`` holds and the result does not cross; ``[l, u]``
     elsewhere. Never returns ``lower > upper`` when ``l <= u``."""
     lo, hi = torch.maximum(l, new_l), torch.minimum(u, new_u)

@@ -101,7 +101,9 @@ def check_batch(model: nn.Module, shape, method: str, seed: int, dtype, batch: i
     lb, ub = compute_bounds(model, lower, upper, spec, method=method, **opts)
     tag = f"{method}/{dtype}/seed {seed}"
     for b in range(batch):
-        lb1, ub1 = compute_bounds(model, lower[b : b + 1], upper[b : b + 1], spec[b : b + 1], method=method, **opts)
+        lb1, ub1 = compute_bounds(
+            model, lower[b : b + 1], upper[b : b + 1], spec[b : b + 1], method=method, **opts
+        )
         assert _close(lb[b], lb1[0], 1e-5).all() and _close(ub[b], ub1[0], 1e-5).all(), (
             f"{tag}: box {b} ({kinds[b]}) bound depends on its batch: "
             f"{lb[b].tolist()} in the batch vs {lb1[0].tolist()} alone"
@@ -178,8 +180,14 @@ def test_issue13_rnn_row_boxes_batched_with_each_other():
 def test_intersection_never_crosses():
     from nonuniform.interval import intersect
 
-    l, u = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
-    nl, nu = torch.tensor([0.5, 1e-4, 0.9], dtype=torch.float64), torch.tensor([0.7, 2e-4, 0.95], dtype=torch.float64)
+    l, u = (
+        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+        torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64),
+    )
+    nl, nu = (
+        torch.tensor([0.5, 1e-4, 0.9], dtype=torch.float64),
+        torch.tensor([0.7, 2e-4, 0.95], dtype=torch.float64),
+    )
     lo, hi = intersect(l, u, nl, nu)
     assert lo.tolist() == [0.5, 0.0, 1.0] and hi.tolist() == [0.7, 0.0, 1.0]
     lo, hi = intersect(l, u, nl, nu, where=torch.tensor([False, True, True]))
