@@ -87,17 +87,18 @@ class BoundState:
 
     lower: Tensor
     upper: Tensor
-    pre: dict[int, tuple[Tensor, Tensor]]  # pre-activation bounds, by op index
+    pre: dict[int, tuple[Tensor, Tensor]]  # input bounds of every nonlinear op, by op index
     relaxations: dict[int, LinearRelaxation]  # by op index (empty for ibp)
-    tail_start: int  # index of the first op after the last activation
-    tail_interval: tuple[Tensor, Tensor]  # interval at the input of ops[tail_start]
+    intervals: dict[int, tuple[Tensor, Tensor]]  # output bounds of every op (-1: the box)
 
 
 class BoundedModel:
     """A model prepared for bounding at one input shape, dtype and device.
 
     Build once and call :meth:`bounds` many times (the box optimiser does); parameters are a
-    detached copy, so rebuild after changing the model's weights. A
+    detached copy, so rebuild after changing the model's weights. An ``nn.Sequential`` becomes a
+    chain of ops, any other module a traced graph (:mod:`.fx_import`), a
+    :class:`~nonuniform.graph_model.GraphModel` (ONNX) its own graph; a
     :class:`~nonuniform.layers.SequenceClassifier` gets the recurrent engine
     (:class:`~nonuniform.recurrent.RecurrentBoundedModel`) with the same interface.
     """
@@ -121,35 +122,43 @@ class BoundedModel:
 
     def _build(self, model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
         """The model as the engine's representation (the recurrent subclass unrolls a graph)."""
-        return Network(model, input_shape, dtype, device)
+        return to_network(model, input_shape, dtype, device)
 
     # -- forward sweep ------------------------------------------------------------------
     def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> BoundState:
-        """Intermediate bounds and relaxations of every activation for the boxes."""
+        """Intermediate bounds and relaxations of every nonlinear op for the boxes.
+
+        Each op's output interval comes from its inputs' intervals. The input of a nonlinear op
+        is tightened by CROWN when it is computed by an affine op whose interval is not already
+        exact (an interval through one mixing map of the box is exact).
+        """
         _check_method(method)
         mode = "fastlin" if method == "fastlin" else "crown"
-        l, u = lower, upper
+        ops = self.net.ops
+        iv: dict[int, tuple[Tensor, Tensor]] = {-1: (lower, upper)}
+        exact = {-1: True}  # the interval is the exact range of an elementwise map of the box
+        box = {-1: True}  # ... and those coordinates vary independently (a product of intervals)
         pre: dict[int, tuple[Tensor, Tensor]] = {}
         relax: dict[int, LinearRelaxation] = {}
-        mixing_before_first, tail_start = 0, 0
-        for i, op in enumerate(self.net.ops):
+        tightened: set[int] = set()
+        for i, op in enumerate(ops):
             if isinstance(op, AffineOp):
-                l, u = op.interval(l, u)
-                mixing_before_first += op.mixing and not pre
+                iv[i] = op.interval(*(t for k in op.inputs for t in iv[k]))
+                box[i] = all(box[k] for k in op.inputs) and not op.mixing
+                exact[i] = all(box[k] for k in op.inputs) and (not op.mixing or len(op.inputs) == 1)
                 continue
-            # IBP through at most one mixing affine map is exact: no backward pass needed.
-            if method != "ibp" and (pre or mixing_before_first > 1):
-                l, u = self._tighten(i, l, u, relax, lower, upper)
+            src = op.inputs[0]
+            l, u = iv[src]
+            if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
+                l, u = self._tighten(i, l, u, relax, lower, upper, iv)
+                iv[src] = (l, u)
+                tightened.add(src)
             pre[i] = (l, u)
             if method != "ibp":
                 relax[i] = op.relaxation.relax(l, u, mode)
-            l, u = op.relaxation.interval(l, u)
-            tail_start = i + 1
-        if tail_start == 0:
-            l, u = lower, upper
-        else:
-            l, u = self.net.ops[tail_start - 1].relaxation.interval(*pre[tail_start - 1])
-        return BoundState(lower, upper, pre, relax, tail_start, (l, u))
+            iv[i] = op.relaxation.interval(l, u)
+            box[i] = exact[i] = False
+        return BoundState(lower, upper, pre, relax, iv)
 
     def _tighten(
         self,
@@ -159,15 +168,17 @@ class BoundedModel:
         relax: dict[int, LinearRelaxation],
         lower: Tensor,
         upper: Tensor,
+        iv: dict[int, tuple[Tensor, Tensor]],
     ) -> tuple[Tensor, Tensor]:
-        """CROWN bounds for the neurons at the input of activation ``ops[i]`` that need them.
+        """CROWN bounds for the neurons at the input of nonlinear op ``ops[i]`` that need them.
 
         Each sample gets backward rows only for *its own* neurons that need bounds (padded to the
-        largest count in the batch). The affine maps between ``ops[i]`` and the previous
-        activation do not depend on the sample, so they run once on the union of needed
-        neurons, and each sample gathers its rows from the result.
+        largest count in the batch). The affine ops between ``ops[i]`` and the nonlinear ops
+        below it do not depend on the sample, so they run once on the union of needed neurons
+        (batch axis 1), and each sample gathers its rows from the result.
         """
         op: Activation = self.net.ops[i]  # type: ignore[assignment]
+        src = op.inputs[0]
         b = l.shape[0]
         need = op.relaxation.needs_bounds(l, u).reshape(b, -1)
         counts = need.sum(1)
@@ -177,18 +188,17 @@ class BoundedModel:
         n = need.shape[1]
         union = need.any(0).nonzero().squeeze(1)
         k_u = union.numel()
-        prev = max((j for j in self.net.activation_indices if j < i), default=-1)
         # Shared affine prefix: one-hot rows of the union, batch axis 1.
         rows = torch.zeros(k_u, n, dtype=l.dtype, device=l.device)
         rows[torch.arange(k_u, device=l.device), union] = 1.0
-        lam_u = torch.cat([rows, -rows]).reshape(1, 2 * k_u, *op.in_shape)
+        lam_u = torch.cat([rows, -rows]).reshape(1, 2 * k_u, *self.net.ops[src].out_shape)
+        pending: dict[int, Tensor] = {src: lam_u}
         bias_u = torch.zeros(1, 2 * k_u, dtype=l.dtype, device=l.device)
-        for j in range(i - 1, prev, -1):
-            aff: AffineOp = self.net.ops[j]  # type: ignore[assignment]
-            term = aff.bias_term(lam_u)
-            if term is not None:
-                bias_u = bias_u + term
-            lam_u = aff.backward(lam_u)
+        j = src
+        while j >= 0 and (j not in pending or isinstance(self.net.ops[j], AffineOp)):
+            if j in pending:
+                bias_u = self._affine_step(j, pending, bias_u)
+            j -= 1
         # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
         order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
         valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
@@ -196,12 +206,12 @@ class BoundedModel:
         pos[union] = torch.arange(k_u, device=l.device)
         pos = torch.where(valid, pos[order], 0)  # (b, kmax) row of each neuron in lam_u
         lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-        chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(i)))
+        chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(src + 1)))
         outs_l, outs_u = [], []
         for part in torch.arange(kmax, device=l.device).split(chunk):
             sel = torch.cat([pos[:, part], pos[:, part] + k_u], 1)  # (b, 2k)
-            lam = lam_u[0][sel]
-            out = self.backward(lam, prev + 1, relax, lower, upper, bias=bias_u[0][sel])
+            gathered = {k: v[0][sel] for k, v in pending.items()}
+            out = self._backward(gathered, j, relax, lower, upper, iv, bias_u[0][sel])
             outs_l.append(out[:, : part.numel()])
             outs_u.append(-out[:, part.numel() :])
         crown_l, crown_u = torch.cat(outs_l, 1), torch.cat(outs_u, 1)
@@ -212,40 +222,63 @@ class BoundedModel:
         return lf.reshape(l.shape), uf.reshape(u.shape)
 
     # -- backward pass ------------------------------------------------------------------
-    def backward(
+    def _affine_step(self, j: int, pending: dict[int, Tensor], bias: Tensor) -> Tensor:
+        """Move the coefficients pending at affine op ``j`` to its inputs; returns the new bias."""
+        op: AffineOp = self.net.ops[j]  # type: ignore[assignment]
+        lam = pending.pop(j)
+        term = op.bias_term(lam)
+        if term is not None:
+            bias = bias + term
+        for k, lam_k in zip(op.inputs, op.backward_all(lam)):
+            pending[k] = pending[k] + lam_k if k in pending else lam_k
+        return bias
+
+    def _backward(
         self,
-        lam: Tensor,
-        stop: int,
+        pending: dict[int, Tensor],
+        start: int,
         relax: dict[int, LinearRelaxation],
         lower: Tensor,
         upper: Tensor,
-        start: int = 0,
-        bias: Tensor | None = None,
+        iv: dict[int, tuple[Tensor, Tensor]] | None,
+        bias: Tensor,
     ) -> Tensor:
-        """Lower bound of ``lam . z`` where z is the input of ``ops[stop]`` (the output if
-        ``stop == len(ops)``), over the box [lower, upper] at the input of ``ops[start]``.
+        """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box.
 
-        ``lam``: (batch, specs, *shape of z) -> returns (batch, specs). ``bias`` is a constant
-        already accumulated by the caller (added to the result).
+        Ops are visited from ``start`` down in reverse topological order; coefficients that meet
+        at an op with several consumers are summed. A nonlinear op with a relaxation in ``relax``
+        passes its coefficients through its lines; one without is concretised against its
+        output interval ``iv[j]`` (so ``relax={}`` gives the interval bound of the affine tail).
         """
-        if bias is None:
-            bias = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
-        for j in range(stop - 1, start - 1, -1):
+        for j in range(start, -1, -1):
+            if j not in pending:
+                continue
             op = self.net.ops[j]
             if isinstance(op, AffineOp):
-                term = op.bias_term(lam)
-                if term is not None:
-                    bias = bias + term
-                lam = op.backward(lam)
+                bias = self._affine_step(j, pending, bias)
+            elif j in relax:
+                lam_in, term = relax[j].backward(pending.pop(j))
+                bias = bias + term
+                k = op.inputs[0]
+                pending[k] = pending[k] + lam_in if k in pending else lam_in
             else:
-                r = relax[j]
-                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-                bias = bias + (pos * r.lower_bias + neg * r.upper_bias).flatten(2).sum(-1)
-                lam = pos * r.lower_slope + neg * r.upper_slope
-        lam = lam.flatten(2)  # batch axis may still be 1 (see _tighten): matmul broadcasts
-        centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
-        radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
-        return (lam @ centre - lam.abs() @ radius).squeeze(-1) + bias
+                bias = bias + _concretise(pending.pop(j), *iv[j])
+        if -1 in pending:
+            bias = bias + _concretise(pending.pop(-1), lower, upper)
+        return bias
+
+    def backward(
+        self,
+        lam: Tensor,
+        relax: dict[int, LinearRelaxation],
+        lower: Tensor,
+        upper: Tensor,
+        iv: dict[int, tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """Lower bound of ``lam . f(x)`` over the box: (batch, specs)."""
+        last = len(self.net.ops) - 1
+        bias = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+        return self._backward({last: lam}, last, relax, lower, upper, iv, bias)
 
     # -- bounds of a specification --------------------------------------------------------
     def bounds(
@@ -303,10 +336,9 @@ class BoundedModel:
         """Lower bounds of ``lam @ f(x)``: (batch, specs). The model-specific part of :meth:`bounds`."""
         if state is None:
             state = self.propagate(lower, upper, method)
-        n_ops = len(self.net.ops)
-        out = self.backward(lam, n_ops, {}, *state.tail_interval, start=state.tail_start)
+        out = self.backward(lam, {}, lower, upper, state.intervals)
         if method != "ibp":
-            out = torch.maximum(out, self.backward(lam, n_ops, state.relaxations, lower, upper))
+            out = torch.maximum(out, self.backward(lam, state.relaxations, lower, upper))
         if method == "alpha-crown":
             out = torch.maximum(out, self._alpha_crown(lam, state, alpha_steps, alpha_lr))
         return out
@@ -325,7 +357,7 @@ class BoundedModel:
             if self.net.ops[i].relaxation.has_alpha and ((l < 0) & (u > 0)).any()
         ]
         if not layers or steps <= 0:
-            return self.backward(lam, len(self.net.ops), state.relaxations, state.lower, state.upper)
+            return self.backward(lam, state.relaxations, state.lower, state.upper)
         detached = {i: r.detach() for i, r in state.relaxations.items()}
         pre_d = {i: (l.detach(), u.detach()) for i, (l, u) in state.pre.items()}
         alpha = {
@@ -346,7 +378,7 @@ class BoundedModel:
                 relax = dict(detached)
                 for i in layers:
                     relax[i] = self.net.ops[i].relaxation.relax(*pre_d[i], "crown", alpha=alpha[i])
-                out = self.backward(lam_d, len(self.net.ops), relax, lo_d, up_d)
+                out = self.backward(lam_d, relax, lo_d, up_d)
                 with torch.no_grad():
                     better = out if best is None else out > best
                     if best is None:
@@ -366,7 +398,7 @@ class BoundedModel:
         relax = dict(state.relaxations)
         for i in layers:
             relax[i] = self.net.ops[i].relaxation.relax(*state.pre[i], "crown", alpha=best_alpha[i])
-        return self.backward(lam, len(self.net.ops), relax, state.lower, state.upper)
+        return self.backward(lam, relax, state.lower, state.upper)
 
     # -- specs --------------------------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:
@@ -387,6 +419,28 @@ class BoundedModel:
                 f"specs, {self.num_classes}); got {tuple(spec.shape)}"
             )
         return spec
+
+
+def _concretise(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """min of ``lam . z`` over ``lower <= z <= upper``: (batch, specs). ``lam``'s batch axis may
+    be 1 (the shared prefix of intermediate bounds): the matmul broadcasts."""
+    lam = lam.flatten(2)
+    centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
+    radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
+    return (lam @ centre - lam.abs() @ radius).squeeze(-1)
+
+
+def to_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
+    """Any supported feedforward model as the engine's graph of ops."""
+    from .graph_model import GraphModel
+
+    if isinstance(model, GraphModel):
+        return model.network(input_shape, dtype, device)
+    if isinstance(model, nn.Sequential):
+        return Network(model, input_shape, dtype, device)
+    from .fx_import import trace_network
+
+    return trace_network(model, input_shape, dtype, device)
 
 
 def _check_method(method: str) -> None:

@@ -67,6 +67,8 @@ def verify_box_milp(
     bm = BoundedModel(model, tuple(lower.shape[1:]), torch.float64)
     if not hasattr(bm.net, "ops"):
         raise ValueError("MILP verification supports feedforward ReLU networks only, not recurrent models")
+    if not bm.net.is_chain:
+        raise ValueError("MILP verification supports chains of layers only, not graphs with fan-out")
     ops = bm.net.ops
     for op in ops:
         if isinstance(op, Activation) and not (

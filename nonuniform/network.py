@@ -1,16 +1,21 @@
-"""Turn a PyTorch model into a flat list of bound-aware operations.
+"""A model as a DAG of bound-aware operations, in topological order.
 
-The bound engine never interprets a graph: a supported model is an ``nn.Sequential`` (nested
-allowed) whose leaves are affine maps or scalar activations. Each affine leaf becomes an
-:class:`AffineOp` that knows its forward map, the forward map of ``|A|`` (for interval
-propagation) and its transpose (for the backward linear pass); each activation becomes an
-:class:`Activation` holding a :class:`~nonuniform.relaxations.Relaxation`.
+Every op reads the outputs of earlier ops (``op.inputs``: indices into ``Network.ops``, ``-1`` for
+the model's input) and the last op is the model's output. An :class:`AffineOp` knows its forward
+map, the forward map of ``|A|`` (for interval propagation), its transpose (for the backward linear
+pass) and its bias; multi-input affine ops (the residual add, concat) return one backward
+coefficient per input. A nonlinear op is an :class:`Activation` holding a relaxation
+(:mod:`.relaxations`, :mod:`.pooling`).
+
+Front ends: this module turns an ``nn.Sequential`` into a chain; :mod:`.fx_import` traces any
+``nn.Module`` and :mod:`.onnx_import` reads ONNX files into the same ops.
 
 Shapes: op inputs/outputs are ``(N, *shape)``; backward inputs are ``(batch, specs, *out_shape)``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -35,11 +40,22 @@ class UnsupportedModelError(ValueError):
 class Op:
     name: str  # dotted path of the module in the model, e.g. "features.3"
     kind: str  # class name of the module
-    in_shape: tuple[int, ...] = field(default=(), init=False)
+    in_shape: tuple[int, ...] = field(default=(), init=False)  # of the first input
     out_shape: tuple[int, ...] = field(default=(), init=False)
+    inputs: list[int] = field(default_factory=list, init=False)  # op indices, -1 = model input
 
     def where(self) -> str:
         return f"layer '{self.name}' ({self.kind})"
+
+    def to(self, dtype, device) -> Op:
+        """A shallow copy whose floating-point tensors are converted (parameters stay detached)."""
+        new = copy.copy(self)
+        for k, v in vars(self).items():
+            if isinstance(v, Tensor) and v.is_floating_point():
+                setattr(new, k, v.detach().to(device=device, dtype=dtype))
+            elif isinstance(v, Relaxation):
+                setattr(new, k, v.to(dtype, device))
+        return new
 
 
 class AffineOp(Op):
@@ -63,8 +79,15 @@ class AffineOp(Op):
         """``lam @ b``: (batch, specs, *out_shape) -> (batch, specs), or None without bias."""
         return None
 
-    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        c, r = self.forward((u + l) / 2), self.forward_abs((u - l) / 2)
+    def backward_all(self, lam: Tensor) -> list[Tensor]:
+        """One ``lam @ A_k`` per input (multi-input ops override; one input by default)."""
+        return [self.backward(lam)]
+
+    def interval(self, *bounds: Tensor) -> tuple[Tensor, Tensor]:
+        """Interval image: ``bounds`` are ``l0, u0, l1, u1, ...`` for the op's inputs."""
+        ls, us = bounds[0::2], bounds[1::2]
+        c = self.forward(*((u + l) / 2 for l, u in zip(ls, us)))
+        r = self.forward_abs(*((u - l) / 2 for l, u in zip(ls, us)))
         return c - r, c + r
 
 
@@ -330,21 +353,45 @@ def _fold_channel_affine(ops: list[Op]) -> list[Op]:
 
 
 class Network:
-    """A model as a flat list of ops, with shapes recorded for one input shape.
+    """A model as ops in topological order, with shapes recorded for one input shape.
 
     ``input_shape`` excludes the batch axis. Parameters are copied (detached) to ``dtype`` and
-    ``device``: bounds in float64 need a float64 copy of the weights.
+    ``device``: bounds in float64 need a float64 copy of the weights. ``Network(model, ...)``
+    reads an ``nn.Sequential`` (a chain); :meth:`from_ops` takes ops whose ``inputs`` are set.
     """
 
     def __init__(
         self, model: nn.Module, input_shape: tuple[int, ...], dtype=torch.float32, device="cpu"
     ) -> None:
-        self.input_shape = tuple(input_shape)
         leaves = _leaves(model, "")
         ops = [op for name, m in leaves if (op := _convert(name, m, dtype, device)) is not None]
-        x = torch.zeros((1, *self.input_shape), dtype=dtype, device=device)
-        for op in ops:
-            op.in_shape = tuple(x.shape[1:])
+        for i, op in enumerate(ops):
+            op.inputs = [i - 1]
+        self._setup(ops, input_shape, dtype, device)
+        self.ops = _fold_channel_affine(self.ops)
+        for i, op in enumerate(self.ops):
+            op.inputs = [i - 1]
+
+    @classmethod
+    def from_ops(
+        cls, ops: list[Op], input_shape: tuple[int, ...], dtype=torch.float32, device="cpu"
+    ) -> Network:
+        """A network from ops already in topological order with ``inputs`` set (front ends)."""
+        net = cls.__new__(cls)
+        net._setup([op.to(dtype, device) for op in ops], input_shape, dtype, device)
+        return net
+
+    def _setup(self, ops: list[Op], input_shape: tuple[int, ...], dtype, device) -> None:
+        """Record every op's shapes by a forward pass on zeros; fail early with the op's name."""
+        self.input_shape = tuple(input_shape)
+        self.dtype, self.device = dtype, device
+        if not ops:
+            raise UnsupportedModelError("the model has no layers")
+        x0 = torch.zeros((1, *self.input_shape), dtype=dtype, device=device)
+        vals: dict[int, Tensor] = {-1: x0}
+        for i, op in enumerate(ops):
+            xs = [vals[k] for k in op.inputs]
+            op.in_shape = tuple(xs[0].shape[1:])
             if getattr(op, "pool_kernel", None) is not None:
                 c = op.in_shape[0]
                 kh, kw = op.pool_kernel
@@ -352,34 +399,42 @@ class Network:
                 op.groups = c
                 op.pool_kernel = None
             try:
-                x = op.forward(x)
+                vals[i] = op.forward(*xs)
             except RuntimeError as e:
                 msg = str(e).splitlines()[0]
+                shapes = ", ".join(str(tuple(x.shape[1:])) for x in xs)
                 raise UnsupportedModelError(
-                    f"{op.where()} cannot take an input of shape {tuple(op.in_shape)} "
+                    f"{op.where()} cannot take an input of shape {shapes} "
                     f"(the model was given inputs of shape {self.input_shape}): {msg}"
                 ) from None
-            op.out_shape = tuple(x.shape[1:])
-        if not ops:
-            raise UnsupportedModelError("the model has no layers")
+            op.out_shape = tuple(vals[i].shape[1:])
+        x = vals[len(ops) - 1]
         if x.dim() != 2:
             raise UnsupportedModelError(
                 f"the model's output has shape {tuple(x.shape[1:])} per sample; a classifier must "
                 "output one vector of logits (add nn.Flatten / a final nn.Linear)"
             )
-        self.ops = _fold_channel_affine(ops)
+        self.ops = ops
         self.num_classes = x.shape[1]
-        self.dtype, self.device = dtype, device
 
     def forward(self, x: Tensor) -> Tensor:
-        for op in self.ops:
-            x = op.forward(x)
-        return x
+        vals: dict[int, Tensor] = {-1: x}
+        for i, op in enumerate(self.ops):
+            vals[i] = op.forward(*(vals[k] for k in op.inputs))
+        return vals[len(self.ops) - 1]
 
     @property
-    def activation_indices(self) -> list[int]:
-        return [i for i, op in enumerate(self.ops) if isinstance(op, Activation)]
+    def is_chain(self) -> bool:
+        return all(op.inputs == [i - 1] for i, op in enumerate(self.ops))
+
+    def consumers(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {i: [] for i in range(-1, len(self.ops))}
+        for i, op in enumerate(self.ops):
+            for k in op.inputs:
+                out[k].append(i)
+        return out
 
     def max_width(self, stop: int) -> int:
-        """Largest per-sample tensor size among the inputs of ops[:stop]."""
-        return max((math.prod(op.in_shape) for op in self.ops[:stop]), default=1)
+        """Largest per-sample tensor size among the outputs of ops[:stop] and the input."""
+        sizes = [math.prod(self.input_shape)] + [math.prod(op.out_shape) for op in self.ops[:stop]]
+        return max(sizes)

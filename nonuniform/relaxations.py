@@ -46,6 +46,12 @@ class LinearRelaxation:
     def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.lower_slope, self.lower_bias, self.upper_slope, self.upper_bias
 
+    def backward(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower bound of ``lam . act(z)`` as ``lam' . z + bias``: returns (lam', bias (batch, specs))."""
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        bias = (pos * self.lower_bias + neg * self.upper_bias).flatten(2).sum(-1)
+        return pos * self.lower_slope + neg * self.upper_slope, bias
+
 
 class Relaxation:
     """Interface: interval image, linear relaxation, and which neurons need tight bounds."""
@@ -71,6 +77,10 @@ class Relaxation:
     def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
         """Mask of neurons whose relaxation improves with tighter pre-activation bounds."""
         return (u - l) > TINY_WIDTH
+
+    def to(self, dtype, device) -> Relaxation:
+        """The relaxation for another dtype/device (stateless ones are shared)."""
+        return self
 
 
 class PiecewiseLinear(Relaxation):
