@@ -45,3 +45,48 @@ class GraphModel(nn.Module):
 
 
 __all__ = ["GraphModel"]
+
+
+class GraphBuilder:
+    """Collects ops from a front end: values are named, ops read named values, aliases (Identity,
+    Dropout) cost nothing, and :meth:`finish` keeps only the ops the output depends on."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.index: dict[str, int] = {}  # value name -> op index (-1 = model input)
+
+    def input(self, name: str) -> None:
+        self.index[name] = -1
+
+    def has(self, name: str) -> bool:
+        return name in self.index
+
+    def alias(self, name: str, of: str) -> None:
+        self.index[name] = self.index[of]
+
+    def add(self, op: Op, inputs: list[str], output: str) -> None:
+        op.inputs = [self.index[k] for k in inputs]
+        self.ops.append(op)
+        self.index[output] = len(self.ops) - 1
+
+    def finish(self, output: str) -> list[Op]:
+        out = self.index[output]
+        if out < 0:
+            raise ValueError("the model's output is its input: nothing to bound")
+        keep: set[int] = set()
+        stack = [out]
+        while stack:
+            k = stack.pop()
+            if k >= 0 and k not in keep:
+                keep.add(k)
+                stack.extend(self.ops[k].inputs)
+        order = sorted(keep)
+        new = {old: i for i, old in enumerate(order)} | {-1: -1}
+        ops = []
+        for old in order:
+            op = self.ops[old]
+            op.inputs = [new[k] for k in op.inputs]
+            ops.append(op)
+        if order[-1] != out:  # the output must be the last op (ops are topologically sorted)
+            raise ValueError("internal: the output is not the last op of the graph")
+        return ops

@@ -11,8 +11,6 @@ Shapes: per-sample shapes exclude the batch axis; backward inputs are ``(batch, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -156,12 +154,4 @@ class PadOp(AffineOp):
         return self.value * (lam.flatten(2).sum(-1) - self.backward(lam).flatten(2).sum(-1))
 
 
-def global_avg_pool_op(name: str, kind: str, channels: int, hw: tuple[int, int], dtype, device):
-    """Average over the whole feature map as a depthwise convolution ((C,H,W) -> (C,1,1))."""
-    from .network import ConvOp
-
-    weight = torch.full((channels, 1, *hw), 1.0 / math.prod(hw), dtype=dtype, device=device)
-    return ConvOp(name, kind, weight, None, (1, 1), (0, 0), (1, 1), channels)
-
-
-__all__ = ["AddOp", "ConcatOp", "ScaleShiftOp", "ReshapeOp", "PermuteOp", "PadOp", "global_avg_pool_op"]
+__all__ = ["AddOp", "ConcatOp", "ScaleShiftOp", "ReshapeOp", "PermuteOp", "PadOp"]

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import RECURRENT, Normalize
+from .pooling import MaxPool2d
 from .relaxations import PiecewiseLinear, Relaxation, Sigmoid, Tanh
 
 SUPPORTED = (
-    "Linear, Conv2d, Flatten, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm1d/2d (eval), AvgPool2d, "
+    "Linear, Conv2d, Flatten, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d, "
     "Dropout, Identity, nonuniform.Normalize, nested nn.Sequential"
 )
 
@@ -307,6 +308,14 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
         op = ConvOp(name, kind, torch.empty(0), None, s, p, (1, 1), 0)
         op.pool_kernel = k  # type: ignore[attr-defined]
         return op
+    if isinstance(m, nn.MaxPool2d):
+        if m.ceil_mode or _pair(m.dilation) != (1, 1) or m.return_indices:
+            raise UnsupportedModelError(
+                f"layer '{name}' (MaxPool2d) uses ceil_mode, dilation or return_indices; only plain "
+                "max pooling (kernel, stride, padding) is supported"
+            )
+        relax = MaxPool2d(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding))
+        return Activation(name, kind, relax)
     if isinstance(m, RECURRENT):
         raise UnsupportedModelError(
             f"layer '{name}' ({kind}) is recurrent: wrap it as nonuniform.SequenceClassifier(rnn, head) "
@@ -314,8 +323,15 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
         )
     raise UnsupportedModelError(
         f"layer '{name}' ({kind}) is not supported by the bound engine. Supported: {SUPPORTED}. "
-        "Build the model as an nn.Sequential of these layers."
+        "Other modules are traced by torch.fx (residual adds, concat, constants: see "
+        "nonuniform.fx_import) or can be exported to ONNX."
     )
+
+
+def global_avg_pool(name: str, kind: str, channels: int, kernel: tuple[int, int], dtype, device) -> ConvOp:
+    """Average over ``kernel``-sized tiles (stride = kernel) as a depthwise convolution."""
+    weight = torch.full((channels, 1, *kernel), 1.0 / math.prod(kernel), dtype=dtype, device=device)
+    return ConvOp(name, kind, weight, None, kernel, (0, 0), (1, 1), channels)
 
 
 def _fold_channel_affine(ops: list[Op]) -> list[Op]:

@@ -23,6 +23,7 @@ from nonuniform import METHODS, compute_bounds, margin_spec
 from nonuniform.attacks import pgd_minimize
 from nonuniform.bounds import BoundedModel
 
+from .graph_nets import PoolNet, TinyResNet
 from .nets import cnn, mlp
 from .test_recurrent import SHAPE as SEQ_SHAPE
 from .test_recurrent import seq_model
@@ -41,6 +42,8 @@ def _models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
         "cnn-relu": (cnn(nn.ReLU(), seed=5), (1, 8, 8)),
         "cnn-tanh": (cnn(nn.Tanh(), seed=6, pool=False), (1, 8, 8)),
     }
+    out["graph-resnet"] = (TinyResNet(seed=8), (1, 8, 8))  # residual adds, max-pool, concat
+    out["graph-poolnet"] = (PoolNet(seed=9), (1, 8, 8))  # overlapping padded max-pool, sigmoid
     for kind in ("rnn-tanh", "rnn-relu", "lstm", "gru"):
         out[kind] = (seq_model(kind, layers=2 if kind == "lstm" else 1, seed=7), SEQ_SHAPE)
     return out

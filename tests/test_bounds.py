@@ -263,9 +263,9 @@ def test_unsupported_layer_names_path_and_type():
     model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), Custom()), nn.Linear(4, 2))
     with pytest.raises(UnsupportedModelError, match=r"layer '1\.1' \(Custom\).*Supported"):
         compute_bounds(model, torch.zeros(1, 4), torch.ones(1, 4))
-    with pytest.raises(UnsupportedModelError, match="MaxPool2d"):
+    with pytest.raises(UnsupportedModelError, match="MaxPool2d.*dilation"):
         compute_bounds(
-            nn.Sequential(nn.MaxPool2d(2), nn.Flatten()),
+            nn.Sequential(nn.MaxPool2d(2, dilation=2), nn.Flatten()),
             torch.zeros(1, 1, 4, 4),
             torch.ones(1, 1, 4, 4),
         )
