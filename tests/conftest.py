@@ -28,4 +28,4 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("NONUNIFORM_THREADS", "2")))
