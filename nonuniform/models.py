@@ -247,13 +247,27 @@ def embedded_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted((assets_dir() / "models").glob("*.pt"))}
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
-    """``(model, card)`` for an embedded model's name or a checkpoint path; the model is in
-    eval mode on ``device``."""
+def load_model(
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    domain: tuple | None = None,
+):
+    """``(model, card)`` for an embedded model's name, a checkpoint path or an ``.onnx`` file;
+    the model is in eval mode on ``device``.
+
+    ONNX files (read by :func:`~nonuniform.onnx_import.load_onnx`) carry no data set or input
+    domain: ``domain`` (``(lo, hi)``, floats or arrays shaped like one input) is recorded in the
+    card when given, else the card's domain is None and certification asks for one.
+    ``input_shape`` is needed only when the file leaves the per-sample shape symbolic.
+    """
     models = embedded_models()
     key = str(name_or_path)
     if key in models:
         model, card = load_checkpoint(models[key], name=key, source=f"embedded:{key}")
+    elif key.lower().endswith(".onnx"):
+        model, card = load_onnx_model(key, input_shape, domain)
     elif Path(key).exists():
         model, card = load_checkpoint(key)
     else:
@@ -262,3 +276,26 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
             f"{', '.join(models) or '(none)'} (see `nonuniform models`)"
         )
     return model.to(device).eval(), card
+
+
+def load_onnx_model(path: str | Path, input_shape=None, domain=None):
+    """``(GraphModel, card)`` for an ONNX classifier."""
+    from .onnx_import import load_onnx
+
+    path = Path(path).resolve()
+    if not path.exists():
+        raise ModelError(f"{path}: file not found")
+    model = load_onnx(path, input_shape)
+    card = ModelCard(
+        name=path.stem,
+        arch="onnx",
+        dataset="",
+        input_shape=model.input_shape,
+        domain=domain,  # type: ignore[arg-type]
+        class_names=tuple(str(k) for k in range(model.num_classes)),
+        mean=[],
+        std=[],
+        source=str(path),
+        sha256=_sha256(path),
+    )
+    return model, card
