@@ -83,8 +83,15 @@ def parse_indices(spec: str | None, count: int | None, available: int) -> np.nda
     return idx
 
 
-def load_inputs(dataset: str, data_dir: Path | None, indices: str | None, count: int | None):
-    """Inputs, labels, dataset indices and a description of where they came from."""
+def load_inputs(
+    dataset: str,
+    data_dir: Path | None,
+    indices: str | None,
+    count: int | None,
+    input_shape: tuple[int, ...] | None = None,
+):
+    """Inputs, labels (None when the file has none), dataset indices and a description of where
+    they came from. ``.npz`` inputs of any shape are reshaped to ``input_shape`` when given."""
     from nonuniform.data import DataError, dataset_info, load_dataset
     from nonuniform.samples import load_samples
 
@@ -94,16 +101,22 @@ def load_inputs(dataset: str, data_dir: Path | None, indices: str | None, count:
             raise UserError(f"{path}: file not found")
         with np.load(path) as z:
             key = "inputs" if "inputs" in z.files else "images" if "images" in z.files else None
-            if key is None or "labels" not in z.files:
-                raise UserError(f"{path}: needs arrays 'inputs' (N, ...) and 'labels' (N,); has {z.files}")
+            if key is None:
+                raise UserError(
+                    f"{path}: needs an array 'inputs' (N, ...) and optionally 'labels' (N,); has {z.files}"
+                )
             x = torch.from_numpy(z[key].astype(np.float32))
             if z[key].dtype == np.uint8:
                 x = x / 255.0
-            if x.dim() == 3:
-                x = x.unsqueeze(1)
-            y = torch.from_numpy(z["labels"].astype(np.int64))
+            y = torch.from_numpy(z["labels"].astype(np.int64)) if "labels" in z.files else None
+        if input_shape is not None and x[0].numel() == int(np.prod(input_shape)):
+            x = x.reshape(len(x), *input_shape)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        if y is not None and len(y) != len(x):
+            raise UserError(f"{path}: {len(x)} inputs but {len(y)} labels")
         idx = parse_indices(indices, count, len(x))
-        return x[idx], y[idx], idx, str(path), None
+        return x[idx], (None if y is None else y[idx]), idx, str(path.resolve()), None
     info = dataset_info(dataset)
     try:
         ds = load_dataset(info.name, "test", data_dir, download=False)
@@ -115,6 +128,45 @@ def load_inputs(dataset: str, data_dir: Path | None, indices: str | None, count:
         source = f"{info.name}: the {len(x)} embedded test samples (full set not found: {e})"
     idx = parse_indices(indices, count, len(x))
     return x[idx], y[idx], idx, source, info.class_names
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise UserError(
+            f"bad --input-shape '{text}'; use C,H,W (e.g. 3,32,32) or a length (e.g. 784)"
+        ) from None
+    if not shape or min(shape) <= 0:
+        raise UserError(f"bad --input-shape '{text}'; every size must be positive")
+    return shape
+
+
+def parse_domain(text: str | None):
+    """``LO,HI`` (every feature) or ``LO:HI,LO:HI,...`` (one interval per channel, axis 1)."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            pairs = [tuple(float(v) for v in p.split(":")) for p in text.split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+            lo = torch.tensor([p[0] for p in pairs]).reshape(-1, 1, 1)
+            hi = torch.tensor([p[1] for p in pairs]).reshape(-1, 1, 1)
+            domain = (lo, hi)
+        else:
+            lo_, hi_ = (float(v) for v in text.split(","))
+            domain = (lo_, hi_)
+    except ValueError:
+        raise UserError(
+            f"bad --domain '{text}'; use LO,HI (e.g. 0,1) or one LO:HI per channel "
+            "(e.g. -2.4:2.5,-2.4:2.6,-2.2:2.7)"
+        ) from None
+    if (torch.as_tensor(domain[0]) >= torch.as_tensor(domain[1])).any():
+        raise UserError(f"bad --domain '{text}': every LO must be below its HI")
+    return domain
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
@@ -158,12 +210,12 @@ def results_table(res, title: str = "") -> Table:
     return t
 
 
-def resolve_model(model: str, device: str):
+def resolve_model(model: str, device: str, input_shape=None, domain=None):
     from nonuniform.boxes import resolve_device
     from nonuniform.models import load_model
 
     dev = resolve_device(device)
-    m, card = load_model(model, dev)
+    m, card = load_model(model, dev, input_shape=input_shape, domain=domain)
     return m, card, dev
 
 
@@ -185,7 +237,7 @@ def model_record(card) -> dict:
 def certify(
     model: Annotated[
         str,
-        typer.Argument(help="Embedded model name (see `nonuniform models`) or checkpoint path."),
+        typer.Argument(help="Embedded model name (see `nonuniform models`), checkpoint or .onnx path."),
     ],
     out: Annotated[Path, typer.Option(help="Output directory (boxes.npz, summary.json, figures/).")],
     dataset: Annotated[
@@ -219,6 +271,13 @@ def certify(
         typer.Option(help="Continue an interrupted run in OUT without redoing finished samples."),
     ] = False,
     figures: Annotated[bool, typer.Option(help="Write per-sample and overview figures.")] = True,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape C,H,W (ONNX files that leave it open).")
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Input domain LO,HI or LO:HI per channel (required for ONNX models)."),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
     ] = False,
@@ -227,8 +286,13 @@ def certify(
     from nonuniform import certify_boxes
     from nonuniform.boxes import CertifiedBoxes
 
-    net, card, dev = resolve_model(model, device)
-    x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count)
+    net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
+    if card.domain is None:
+        raise UserError(
+            f"{card.source} does not record its input domain; pass --domain LO,HI (e.g. 0,1 for pixels "
+            "in [0, 1]) or LO:HI per channel for normalised inputs"
+        )
+    x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
     out.mkdir(parents=True, exist_ok=True)
     parts_dir = out / "parts"
     done: dict[int, CertifiedBoxes] = {}
@@ -268,7 +332,7 @@ def certify(
             certify_boxes(
                 net,
                 x[todo],
-                y[todo],
+                None if y is None else y[todo],
                 method=method,
                 asymmetric=asymmetric,
                 clip=clip,
@@ -279,6 +343,7 @@ def certify(
                 indices=idx[todo],
                 callback=save_part,
                 seed=seed,
+                domain=card.domain,
             )
     res = CertifiedBoxes.concat([done[int(i)] for i in idx])
     res.save(out / "boxes.npz")
@@ -722,6 +787,33 @@ def explain(
             t.add_row(name, f"{r['auc_s_r']:.4f}", f"{r['auc_s_r_complement']:.4f}")
         out_console.print(t)
     out_console.print(f"explanation sets and figures in {out}/")
+
+
+@app.command()
+@user_errors
+def vnnlib(
+    net: Annotated[Path, typer.Argument(help="The network (.onnx, or any model `certify` takes).")],
+    prop: Annotated[Path, typer.Argument(help="The VNN-LIB property (.vnnlib).")],
+    timeout: Annotated[float, typer.Option(help="Seconds for the whole decision.")] = 60.0,
+    out: Annotated[Path | None, typer.Option(help="Write the VNN-COMP result file here.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape when the file leaves it open.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Decide a VNN-LIB property: unsat (proved), sat (checked counterexample), unknown or timeout."""
+    from nonuniform.vnnlib import decide, parse_vnnlib
+
+    model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
+    result = decide(model, parse_vnnlib(prop), card.input_shape, timeout)
+    if out is not None:
+        out.write_text(result.vnncomp_text())
+    if json_out:
+        out_console.print_json(
+            json.dumps({"status": result.status, "seconds": round(result.seconds, 3), **result.details})
+        )
+    else:
+        out_console.print(f"{result.status} ({result.seconds:.2f} s)")
 
 
 @app.command()

@@ -531,6 +531,7 @@ def certify_boxes(
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
     settings = {**asdict(cfg), "input_shape": list(shape), "batch_size": batch_size, "seed": seed}
+    settings["domain"] = [torch.as_tensor(d, dtype=torch.float64).tolist() for d in cfg.domain]
     settings = json.loads(json.dumps(settings))  # exactly what a saved file will give back
     parts = []
     for start in range(0, len(x_all), batch_size):

@@ -18,6 +18,20 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def shared_models_dir() -> Path | None:
+    """The third-party VNN-COMP 2021 networks: ../shared/models/vnncomp2021 beside the repository."""
+    cand = REPO.parent / "shared" / "models" / "vnncomp2021"
+    return cand if cand.is_dir() else None
+
+
+@pytest.fixture
+def vnncomp_dir() -> Path:
+    d = shared_models_dir()
+    if d is None:
+        pytest.skip("third-party networks not found: put ../shared/models/vnncomp2021 beside the repository")
+    return d
+
+
 @pytest.fixture
 def data_dir() -> Path:
     d = shared_data_dir()
