@@ -391,9 +391,8 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Re-check every certified box: fresh float64 bound, attacks, optional MILP. Exit 1 on failure."""
-    from nonuniform import compute_bounds
-    from nonuniform.attacks import falsify_boxes
     from nonuniform.boxes import CertifiedBoxes
+    from nonuniform.verify import verify_boxes
 
     if not boxes.exists():
         raise UserError(f"{boxes}: file not found")
@@ -407,78 +406,30 @@ def verify(
     net, card, dev = resolve_model(model, device)
     if rec.get("sha256") and rec["sha256"] != card.sha256:
         console.print(f"[yellow]warning:[/] {model} differs from the model recorded in {boxes} (checksum)")
-    cert = np.nonzero(res.certified)[0]
-    report = {
-        "boxes": len(res),
-        "certified": len(cert),
-        "bound_failures": [],
-        "attack_failures": [],
-        "milp": {},
-    }
-    if len(cert):
-        method = res.settings.get("method", "crown")
-        lo = torch.tensor(res.lower[cert], dtype=torch.float64, device=dev)
-        hi = torch.tensor(res.upper[cert], dtype=torch.float64, device=dev)
-        spec_model = __import__("copy").deepcopy(net).double()
-        preds = torch.tensor(res.preds[cert], device=dev)
-        from nonuniform.bounds import margin_spec
-
-        with torch.no_grad():
-            lb, _ = compute_bounds(
-                spec_model,
-                lo,
-                hi,
-                margin_spec(preds, int(net(lo[:1].float()).shape[1])).double(),
-                method=method,
-                bound_upper=False,
-            )
-        bad = cert[(lb.min(1).values <= 0).cpu().numpy()]
-        report["bound_failures"] = [int(res.indices[i]) for i in bad]
-        f = falsify_boxes(
+    with progress_bar() as bar:
+        task = bar.add_task("MILP" if milp else "checking", total=int(res.certified.sum()) if milp else None)
+        report = verify_boxes(
             net,
-            lo.float(),
-            hi.float(),
-            preds,
-            restarts=attack_restarts,
-            steps=attack_steps,
+            res,
+            attack_restarts=attack_restarts,
+            attack_steps=attack_steps,
             corners=corners,
+            milp=milp,
+            milp_time_limit=milp_time_limit,
+            device=dev,
+            progress=lambda k: bar.update(task, advance=k),
         )
-        report["attack_failures"] = [int(res.indices[i]) for i in cert[f.broken.cpu().numpy()]]
-        if milp:
-            from nonuniform.exact import verify_box_milp
-
-            with progress_bar() as bar:
-                task = bar.add_task("MILP", total=len(cert))
-                for i in cert:
-                    r = verify_box_milp(
-                        net.cpu(),
-                        torch.tensor(res.lower[i]),
-                        torch.tensor(res.upper[i]),
-                        int(res.preds[i]),
-                        time_limit=milp_time_limit,
-                    )
-                    report["milp"][int(res.indices[i])] = r.status
-                    bar.update(task, advance=1)
-    failed = bool(
-        report["bound_failures"]
-        or report["attack_failures"]
-        or any(s == "counterexample" for s in report["milp"].values())
-    )
-    report["ok"] = not failed
     if json_out:
-        out_console.print_json(json.dumps(report))
+        out_console.print_json(json.dumps(report.to_dict()))
     else:
+        milp_counts = dict(zip(*np.unique(list(report.milp.values()), return_counts=True)))
         out_console.print(
-            f"{len(cert)} certified boxes checked: fresh bound failures {len(report['bound_failures'])}, "
-            f"attack counterexamples {len(report['attack_failures'])}"
-            + (
-                f", MILP {dict(zip(*np.unique(list(report['milp'].values()), return_counts=True)))}"
-                if milp
-                else ""
-            )
+            f"{report.certified} certified boxes checked: malformed {len(report.malformed)}, fresh bound "
+            f"failures {len(report.bound_failures)}, attack counterexamples {len(report.attack_failures)}"
+            + (f", MILP {milp_counts}" if milp else "")
         )
-        out_console.print("[green]OK[/]" if not failed else "[bold red]FAILED[/]")
-    if failed:
+        out_console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
+    if not report.ok:
         raise typer.Exit(1)
 
 
