@@ -6,10 +6,12 @@ from .data import load_dataset
 from .layers import Normalize, SequenceClassifier
 from .models import load_model
 from .network import UnsupportedModelError
+from .recurrent import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
 
 __all__ = [
     "METHODS",
     "BoundedModel",
+    "RecurrentBoundedModel",
     "CertifiedBoxes",
     "CertifyConfig",
     "certify_boxes",

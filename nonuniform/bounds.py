@@ -31,11 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from .interval import intersect
-from .layers import SequenceClassifier
 from .network import Activation, AffineOp, Network
 from .relaxations import LinearRelaxation
 
 METHODS = ("ibp", "fastlin", "crown", "alpha-crown")
+
+#: Engines for model types with a representation of their own, registered by the module that
+#: implements each (``recurrent`` registers SequenceClassifier; the package imports it), so this
+#: module never imports them: ``BoundedModel(model)`` picks the engine.
+ENGINES: dict[type, type] = {}
 
 #: Largest number of elements of one backward-pass tensor when computing intermediate bounds;
 #: neurons are processed in chunks below it (about 1 GiB in float32).
@@ -104,10 +108,8 @@ class BoundedModel:
     """
 
     def __new__(cls, model: nn.Module, *args, **kwargs):
-        if cls is BoundedModel and isinstance(model, SequenceClassifier):
-            from .recurrent import RecurrentBoundedModel
-
-            cls = RecurrentBoundedModel
+        if cls is BoundedModel:
+            cls = next((engine for kind, engine in ENGINES.items() if isinstance(model, kind)), cls)
         return super().__new__(cls)
 
     def __init__(

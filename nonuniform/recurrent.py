@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bounds import BoundedModel
+from .bounds import ENGINES, BoundedModel
 from .interval import intersect
 from .layers import SequenceClassifier
 from .network import Activation, AffineOp, Network, UnsupportedModelError
@@ -447,5 +447,7 @@ class RecurrentBoundedModel(BoundedModel):
             out = torch.maximum(out, self._backward(g.output, lam, state, xl, xu, linear=True))
         return out
 
+
+ENGINES[SequenceClassifier] = RecurrentBoundedModel
 
 __all__ = ["Graph", "RecurrentBoundedModel", "RecurrentState", "SequenceClassifier"]
