@@ -852,7 +852,7 @@ def demo(
 ) -> None:
     """Certify a few embedded MNIST images with the normal and the PGD-trained MLP, side by side."""
     from nonuniform import certify_boxes
-    from nonuniform.plots import overview_figure, sample_figure
+    from nonuniform.plots import overview_figure, sample_figure, side_by_side_figure
     from nonuniform.samples import load_samples
 
     x, y = load_samples("mnist")
@@ -882,7 +882,7 @@ def demo(
             for k in range(count):
                 sample_figure(res, k, d / "figures" / f"sample_{k:05d}.png")
             overview_figure(res, d / "figures" / "overview.png", title=f"{name}: certified boxes (CROWN)")
-    combined = _side_by_side_figure(results, out / "demo.png")
+    combined = side_by_side_figure(results, out / "demo.png")
     if json_out:
         out_console.print_json(json.dumps({k: v.summary() for k, v in results.items()}))
         return
@@ -921,32 +921,6 @@ def demo(
         f"Gain = log-volume over the uniform box, in nats."
     )
     out_console.print(f"figures: {combined} and {out}/<model>/figures/; boxes: {out}/<model>/boxes.npz")
-
-
-def _side_by_side_figure(results: dict, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from nonuniform.plots import _image
-
-    names = list(results)
-    n = min(len(results[names[0]]), 8)
-    fig, axes = plt.subplots(1 + len(names), n, figsize=(1.7 * n, 1.9 * (1 + len(names))), squeeze=False)
-    vmax = max(float(r.radii[:n].max()) for r in results.values())
-    for k in range(n):
-        axes[0, k].imshow(_image(results[names[0]].inputs[k]), cmap="gray", vmin=0, vmax=1)
-        axes[0, k].set_title(f"#{k}", fontsize=8)
-        for j, name in enumerate(names):
-            im = axes[j + 1, k].imshow(_image(results[name].radii[k]), cmap="magma", vmin=0, vmax=vmax)
-        for ax in axes[:, k]:
-            ax.axis("off")
-    for j, name in enumerate(names):
-        axes[j + 1, 0].text(-4, 14, name, rotation=90, va="center", ha="right", fontsize=8)
-    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.02, label="half-width of certified box")
-    fig.suptitle("inputs (top) and certified half-widths per pixel", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def main() -> None:  # pragma: no cover

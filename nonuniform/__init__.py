@@ -7,6 +7,7 @@ from .layers import Normalize, SequenceClassifier
 from .models import load_model
 from .network import UnsupportedModelError
 from .recurrent import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
+from .verify import VerifyReport, verify_boxes
 
 __all__ = [
     "METHODS",
@@ -22,5 +23,7 @@ __all__ = [
     "UnsupportedModelError",
     "compute_bounds",
     "margin_spec",
+    "VerifyReport",
+    "verify_boxes",
 ]
 __version__ = "0.1.0"
