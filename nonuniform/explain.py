@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .attacks import margin_objective
 from .bounds import BoundedModel, margin_spec
-from .boxes import CertifiedBoxes
+from .certified import CertifiedBoxes
 
 K_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 10))  # 5%, 10%, ..., 45%
 

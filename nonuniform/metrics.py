@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .boxes import CertifiedBoxes
+from .certified import CertifiedBoxes
 
 
 def log_radii(boxes: CertifiedBoxes) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .boxes import CertifiedBoxes
+from .certified import CertifiedBoxes
 
 
 def _subplots(*args, figsize=None, **kwargs):

@@ -19,7 +19,7 @@ from torch import nn
 
 from .attacks import falsify_boxes
 from .bounds import compute_bounds, margin_spec
-from .boxes import CertifiedBoxes
+from .certified import CertifiedBoxes
 
 
 @dataclass

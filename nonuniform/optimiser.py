@@ -1,0 +1,107 @@
+"""The PHR augmented-Lagrangian solver on log-radii and its warm start (see :mod:`.boxes`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .finalise import largest_scale
+from .problem import Problem, radii
+
+
+def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor) -> Tensor:
+    """Warm start from the linearised problem at the uniform box.
+
+    Near the uniform box, CROWN's bound of the tightest margin is about ``const - sum_i s_i r_i``
+    with ``s_i = -d bound / d r_i >= 0``; maximising ``sum_i log r_i`` under one such linear
+    constraint gives ``r_i proportional to 1 / s_i``. The scale of that shape is then certified by
+    bisection. Returns log-radii shaped like ``rho_u`` (-inf rows where nothing certifies).
+    """
+    rho = rho_u.clone().requires_grad_(True)
+    with torch.enable_grad():
+        lo, hi = p.box(*radii(p, rho), p.x0[idx])
+        worst = p.margins(lo, hi, p.spec[idx]).min(1).values
+        (grad,) = torch.autograd.grad(worst.sum(), rho)
+    # d bound / d log r = r * d bound / d r, so s_i = -grad_i / r_i.
+    sens = (-grad / rho_u.exp()).clamp(min=0)
+    log_shape = -torch.log(sens.clamp(min=1e-12))
+    mask = p.free.expand_as(log_shape)  # trailing dims align for both layouts
+    centre = (log_shape * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+    log_shape = (log_shape - centre.reshape((-1,) + (1,) * (log_shape.dim() - 1))).clamp(-12, 12)
+    t = largest_scale(p, idx, log_shape)
+    return (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape).clamp(p.log_min, p.log_max)
+
+
+class SampleAdam:
+    """Elementwise Adam with a per-sample step count, so frozen samples stay frozen."""
+
+    def __init__(self, param: Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+        self.t = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
+
+    def step(self, param: Tensor, grad: Tensor, idx: Tensor) -> None:
+        self.t[idx] += 1
+        t = self.t[idx].reshape((-1,) + (1,) * (param.dim() - 1))
+        self.m[idx] = self.b1 * self.m[idx] + (1 - self.b1) * grad
+        self.v[idx] = self.b2 * self.v[idx] + (1 - self.b2) * grad**2
+        m_hat = self.m[idx] / (1 - self.b1**t)
+        v_hat = self.v[idx] / (1 - self.b2**t)
+        param[idx] = param[idx] - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+
+    def reset(self, idx: Tensor) -> None:
+        self.m[idx], self.v[idx], self.t[idx] = 0.0, 0.0, 0.0
+
+
+def optimise(p: Problem, rho: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """PHR augmented Lagrangian; returns the best certified log-radii and iterations used."""
+    cfg = p.cfg
+    b = rho.shape[0]
+    n_con = p.spec.shape[1]
+    dev, dt = rho.device, rho.dtype
+    lam = torch.zeros(b, n_con, dtype=dt, device=dev)
+    mu = torch.full((b,), cfg.mu_init, dtype=dt, device=dev)
+    adam = SampleAdam(rho, cfg.lr)
+    best_rho = rho.clone()
+    with torch.no_grad():
+        best_obj = p.mean_log_width(*p.box(*radii(p, rho)))
+    prev_obj, prev_viol = best_obj.clone(), torch.full((b,), float("inf"), dtype=dt, device=dev)
+    iters = torch.zeros(b, dtype=torch.long, device=dev)
+    for it in range(cfg.iterations):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        iters[idx] += 1
+        rho_a = rho[idx].clone().requires_grad_(True)
+        with torch.enable_grad():
+            lo, hi = p.box(*radii(p, rho_a), p.x0[idx])
+            g = p.margins(lo, hi, p.spec[idx]) - cfg.delta  # (A, n_con), feasible when >= 0
+            obj = p.mean_log_width(lo, hi)
+            mu_a, lam_a = mu[idx, None], lam[idx]
+            penalty = (torch.relu(lam_a - mu_a * g) ** 2 - lam_a**2).sum(1) / (2 * mu_a[:, 0])
+            loss = -obj + penalty
+            (grad,) = torch.autograd.grad(loss.sum(), rho_a)
+        with torch.no_grad():
+            g, obj = g.detach(), obj.detach()
+            feasible = (g >= 0).all(1)
+            better = feasible & (obj > best_obj[idx])
+            best_obj[idx[better]] = obj[better]
+            best_rho[idx[better]] = rho_a.detach()[better]
+            # Guard against blow-ups at high penalty: restart the sample from its best point.
+            bad = ~torch.isfinite(loss) | ~torch.isfinite(grad.flatten(1)).all(1)
+            if bad.any():
+                rho[idx[bad]] = best_rho[idx[bad]]
+                adam.reset(idx[bad])
+                mu[idx[bad]] = (mu[idx[bad]] / cfg.mu_growth).clamp(min=cfg.mu_init)
+                grad[bad] = 0.0
+            adam.step(rho, grad, idx)
+            rho.clamp_(p.log_min, p.log_max)
+            if (it + 1) % cfg.update_every == 0:
+                lam[idx] = torch.relu(lam_a - mu_a * g)
+                viol = torch.relu(-g).max(1).values
+                grow = viol > 0.25 * prev_viol[idx]
+                mu[idx] = torch.where(grow, (mu[idx] * cfg.mu_growth).clamp(max=cfg.mu_max), mu[idx])
+                done = (viol <= cfg.tol) & ((obj - prev_obj[idx]).abs() < cfg.ftol)
+                active[idx[done]] = False
+                prev_obj[idx], prev_viol[idx] = obj, viol
+    return best_rho, iters

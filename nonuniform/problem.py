@@ -1,0 +1,111 @@
+"""The certification problem of one batch: settings, input domain, box parametrisation and margins.
+
+Log-radii ``rho`` (``(n, *input_shape)``, or ``(n, 2, *input_shape)`` for asymmetric radii) define
+the box ``[x0 - exp(rho_lo), x0 + exp(rho_hi)]``, intersected with the domain when ``clip``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .bounds import METHODS, BoundedModel
+
+#: Radii are kept in [MIN_RADIUS, MAX_RADIUS_FACTOR * domain span]: keeps log-radii finite.
+MIN_RADIUS = 1e-7
+MAX_RADIUS_FACTOR = 4.0
+
+
+@dataclass
+class CertifyConfig:
+    """Settings of :func:`certify_boxes` (all recorded in the results)."""
+
+    method: str = "crown"
+    asymmetric: bool = False
+    clip: bool = True
+    #: (lo, hi): floats, or arrays shaped like one input for per-feature domains
+    domain: tuple = (0.0, 1.0)
+    per_logit: bool = False
+    delta: float = 1e-3  # margin the optimiser must keep
+    check_margin: float = 1e-4  # margin the final (float64) check must prove
+    check_dtype: str = "float64"
+    # With the shaped warm start, 50 iterations match 100 from the uniform box (mean log radius
+    # -3.920 vs -3.916 on 20 MNIST images); 0 iterations already give 88% of the gain.
+    iterations: int = 60
+    lr: float = 0.05
+    mu_init: float = 1.0
+    mu_growth: float = 2.0
+    mu_max: float = 1e4
+    update_every: int = 10
+    tol: float = 1e-3  # max constraint violation for convergence
+    ftol: float = 1e-3  # objective change (mean log-width) over one outer step for convergence
+    uniform_rtol: float = 1e-3  # relative tolerance of the uniform-radius bisection
+    shrink_steps: int = 14
+    shaped_start: bool = True  # warm start from the linearised problem (see shaped_start)
+    alpha_steps: int = 5  # alpha-CROWN slope steps per bound call during optimisation
+    alpha_steps_check: int = 20  # ... and in the final check
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown bound method '{self.method}'; choose one of {METHODS}")
+        lo, hi = (np.asarray(d, dtype=np.float64) for d in self.domain)
+        if (lo > hi).any():
+            raise ValueError(f"domain: lower end above upper end in {int((lo > hi).sum())} features")
+        if lo.ndim or hi.ndim:
+            self.domain = (lo.tolist(), hi.tolist())
+
+
+def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The domain's lower and upper ends, broadcast to the shape of one input ``like``."""
+    try:
+        lo, hi = (torch.as_tensor(d, dtype=like.dtype, device=like.device).expand_as(like) for d in domain)
+    except RuntimeError:
+        raise ValueError(f"domain arrays must broadcast to one input's shape {tuple(like.shape)}") from None
+    return lo, hi
+
+
+class Problem:
+    """Everything about one batch that does not change during optimisation."""
+
+    def __init__(self, bm: BoundedModel, x0: Tensor, spec: Tensor, cfg: CertifyConfig):
+        self.bm, self.x0, self.spec, self.cfg = bm, x0, spec, cfg
+        self.dl, self.du = domain_tensors(cfg.domain, x0[0])
+        self.free = (self.du > self.dl) if cfg.clip else torch.ones_like(self.dl, dtype=torch.bool)
+        self.n_free = int(self.free.sum())
+        span = float((self.du - self.dl).max())
+        span = span if span > 0 else 1.0
+        self.log_min, self.log_max = math.log(MIN_RADIUS), math.log(MAX_RADIUS_FACTOR * span)
+
+    def box(self, r_lo: Tensor, r_hi: Tensor, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x0 = self.x0 if x0 is None else x0
+        lo, hi = x0 - r_lo, x0 + r_hi
+        if self.cfg.clip:
+            lo, hi = torch.maximum(lo, self.dl), torch.minimum(hi, self.du)
+        return lo, hi
+
+    def mean_log_width(self, lo: Tensor, hi: Tensor) -> Tensor:
+        width = (hi - lo).flatten(1)[:, self.free.flatten()]
+        return torch.log(width.clamp(min=1e-30)).mean(1)
+
+    def margins(self, lo: Tensor, hi: Tensor, spec: Tensor, bm=None, alpha_steps=None) -> Tensor:
+        """Lower bounds of the margins: (batch, classes - 1)."""
+        bm = bm or self.bm
+        lb, _ = bm.bounds(
+            lo,
+            hi,
+            spec,
+            self.cfg.method,
+            per_logit=self.cfg.per_logit,
+            bound_upper=False,
+            alpha_steps=self.cfg.alpha_steps if alpha_steps is None else alpha_steps,
+        )
+        return lb
+
+
+def radii(p: Problem, rho: Tensor) -> tuple[Tensor, Tensor]:
+    r = rho.exp()
+    return (r[:, 0], r[:, 1]) if p.cfg.asymmetric else (r, r)
