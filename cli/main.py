@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +20,7 @@ from rich.table import Table
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Certified non-uniform robustness regions (largest certified boxes) for classifiers.",
 )
 console = Console(stderr=True)
@@ -28,28 +31,33 @@ class UserError(Exception):
     """A mistake in the command's input: reported in one line, exit code 2."""
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(message: object) -> str:
+    """A message as one plain line: no ANSI codes, no line breaks, no markup interpretation."""
+    return " ".join(ANSI.sub("", str(message)).split())
+
+
 def user_errors(fn):
-    """Turn library errors about bad input into one-line messages (never a traceback)."""
+    """Turn library errors about bad input into one plain line on stderr and exit code 2."""
+
+    from nonuniform.data import DataError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nonuniform.bounds import BoxError
-        from nonuniform.data import DataError
-        from nonuniform.models import ModelError
-        from nonuniform.network import UnsupportedModelError
-
         try:
             return fn(*args, **kwargs)
         except (
             UserError,
             DataError,
-            ModelError,
-            UnsupportedModelError,
-            BoxError,
             ValueError,
             FileNotFoundError,
+            PermissionError,
+            IsADirectoryError,
+            NotADirectoryError,
         ) as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            typer.echo(f"error: {one_line(e)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -130,6 +138,59 @@ def load_inputs(
     return x[idx], y[idx], idx, source, info.class_names
 
 
+def check_positive(allow_zero: bool = False, **values: int) -> None:
+    for name, v in values.items():
+        if v < 0 or (v == 0 and not allow_zero):
+            need = "0 or more" if allow_zero else "at least 1"
+            raise UserError(f"--{name.replace('_', '-')} must be {need}, got {v}")
+
+
+def check_writable_file(path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name such as {path}/model.pt")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--out {path} is not writable")
+
+
+def check_output_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"--out {path} is not writable")
+
+
+def check_dataset_matches(card, dataset: str) -> None:
+    """A model trained on one data set is not certified on another by mistake (npz files pass)."""
+    from nonuniform.data import dataset_info
+
+    if dataset.endswith(".npz") or not card.dataset:
+        return
+    if dataset_info(dataset).name != dataset_info(card.dataset).name:
+        raise UserError(
+            f"{card.name} was trained on {card.dataset}, not {dataset}; pass --dataset {card.dataset} "
+            "(or an .npz file of inputs for it)"
+        )
+
+
+def check_data(x: torch.Tensor, y: torch.Tensor | None, num_classes: int, where: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise UserError(f"{where}: {int(bad.sum())} NaN/inf input values (first in sample {first})")
+    if y is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise UserError(
+            f"{where}: labels must lie in 0..{num_classes - 1} for this model; "
+            f"found {int(y.min())}..{int(y.max())}"
+        )
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -167,6 +228,17 @@ def parse_domain(text: str | None):
     if (torch.as_tensor(domain[0]) >= torch.as_tensor(domain[1])).any():
         raise UserError(f"bad --domain '{text}': every LO must be below its HI")
     return domain
+
+
+def json_safe(value):
+    """NaN and infinities (undefined statistics, e.g. a class with one sample) become null: JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
@@ -285,71 +357,80 @@ def certify(
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform import certify_boxes
     from nonuniform.boxes import CertifiedBoxes
+    from nonuniform.runs import RunDir
 
+    check_positive(batch_size=batch_size)
+    check_positive(iterations=iterations, allow_zero=True)
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     if card.domain is None:
         raise UserError(
             f"{card.source} does not record its input domain; pass --domain LO,HI (e.g. 0,1 for pixels "
             "in [0, 1]) or LO:HI per channel for normalised inputs"
         )
+    check_dataset_matches(card, dataset)
     x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
-    out.mkdir(parents=True, exist_ok=True)
-    parts_dir = out / "parts"
-    done: dict[int, CertifiedBoxes] = {}
-    if (out / "boxes.npz").exists() or parts_dir.exists():
-        if not resume:
-            raise UserError(
-                f"{out} already holds results; pass --resume to continue it or choose another --out"
-            )
-        for p in sorted(parts_dir.glob("batch_*.npz")):
-            part = CertifiedBoxes.load(p)
-            if part.settings.get("model", {}).get("sha256") != card.sha256:
-                raise UserError(f"{p} was made with another model; use a fresh --out")
-            for k in range(len(part)):
-                done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
-    todo = np.array([k for k in range(len(idx)) if int(idx[k]) not in done], dtype=int)
-    parts_dir.mkdir(exist_ok=True)
+    check_data(x, y, len(card.class_names), dataset)
     record = model_record(card)
-    start_part = len(list(parts_dir.glob("batch_*.npz")))
+    options = {
+        "method": method,
+        "asymmetric": asymmetric,
+        "clip": clip,
+        "per_logit": per_logit,
+        "iterations": iterations,
+        "seed": seed,
+        "domain": [torch.as_tensor(d, dtype=torch.float64).tolist() for d in card.domain],
+    }
+    run = RunDir(out)
+    done = run.open({"model": record, "data": source, "options": options}, resume)
+    todo = np.array([k for k in range(len(idx)) if int(idx[k]) not in done], dtype=int)
     t0 = time.time()
     with progress_bar() as bar:
         task = bar.add_task(
-            f"certifying with {card.name} ({method})",
-            total=len(idx),
-            completed=len(idx) - len(todo),
+            f"certifying with {card.name} ({method})", total=len(idx), completed=len(idx) - len(todo)
         )
 
-        def save_part(part, counter=[start_part]):  # noqa: B006 - a running counter
-            part.settings["model"] = record
-            part.settings["data"] = source
-            part.save(parts_dir / f"batch_{counter[0]:05d}.npz")
-            counter[0] += 1
+        def saved(part):
             for k in range(len(part)):
                 done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
-            bar.update(task, advance=len(part))
+            bar.update(task, completed=sum(int(i) in done for i in idx))
 
+        def annotate(part):
+            part.settings["model"] = record
+            part.settings["data"] = source
+            writer(part)
+
+        writer = run.part_writer(saved)
         if len(todo):
-            certify_boxes(
-                net,
-                x[todo],
-                None if y is None else y[todo],
-                method=method,
-                asymmetric=asymmetric,
-                clip=clip,
-                per_logit=per_logit,
-                iterations=iterations,
-                batch_size=batch_size,
-                device=dev,
-                indices=idx[todo],
-                callback=save_part,
-                seed=seed,
-                domain=card.domain,
-            )
+            try:
+                certify_boxes(
+                    net,
+                    x[todo],
+                    None if y is None else y[todo],
+                    method=method,
+                    asymmetric=asymmetric,
+                    clip=clip,
+                    per_logit=per_logit,
+                    iterations=iterations,
+                    batch_size=batch_size,
+                    device=dev,
+                    indices=idx[todo],
+                    callback=annotate,
+                    progress=lambda n: bar.advance(task, n),
+                    seed=seed,
+                    domain=card.domain,
+                )
+            except KeyboardInterrupt:
+                console.print(
+                    f"interrupted: {len(done)} of {len(idx)} samples are saved in {out}/parts; run the same "
+                    "command with --resume to continue",
+                    markup=False,
+                    highlight=False,
+                )
+                raise typer.Exit(130) from None
     res = CertifiedBoxes.concat([done[int(i)] for i in idx])
-    res.save(out / "boxes.npz")
     summary = res.summary()
     summary.update({"model": record, "data": source, "wall_seconds": round(time.time() - t0, 2)})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.finish(res, summary)
     if figures:
         from nonuniform.plots import overview_figure, sample_figure
 
@@ -461,7 +542,7 @@ def steps(
             f"{card.name} ({card.arch}) is not a recurrent model; `steps` needs one (e.g. mnist-lstm)"
         )
     x, y, idx, source, _ = load_inputs(dataset, data_dir, indices, count)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
     t0 = time.time()
     with progress_bar() as bar:
         task = bar.add_task(f"per-step radii with {card.name} ({method})", total=len(x))
@@ -536,10 +617,12 @@ def rank(
     for f in files:
         if not f.exists():
             raise UserError(f"{f}: file not found")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
     report, hist = {}, {}
     for f in files:
         res = CertifiedBoxes.load(f)
+        if int(res.certified.sum()) < 2:
+            raise UserError(f"{f}: {int(res.certified.sum())} certified boxes; ranking needs at least two")
         name = res.settings.get("model", {}).get("name") or f.stem
         fr = feature_robustness(res, seed=seed)
         sim = similarity_report(res, seed=seed)
@@ -574,6 +657,7 @@ def rank(
         )
         hist[name] = raw
     radius_histograms(hist, out / "radius_histograms.png")
+    report = json_safe(report)
     (out / "ranking.json").write_text(json.dumps(report, indent=2))
     if json_out:
         out_console.print_json(json.dumps(report))
@@ -647,11 +731,15 @@ def explain(
         sizes = [float(t) if "." in t else int(t) for t in k.split(",") if t.strip()]
     except ValueError:
         raise UserError(f"bad --k '{k}': give fractions (0.05) or counts (40), comma-separated") from None
+    if not sizes or any(
+        (isinstance(v, float) and not 0 < v < 1) or (isinstance(v, int) and v < 1) for v in sizes
+    ):
+        raise UserError(f"bad --k '{k}': fractions must lie in (0, 1) and counts be at least 1")
     res = CertifiedBoxes.load(boxes)
     cert = np.nonzero(res.certified)[0]
     if len(cert) == 0:
         raise UserError(f"{boxes} holds no certified box to explain")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
     sets = {str(s): explanation_set(res, s) for s in sizes}
     np.savez_compressed(
         out / "explanations.npz",
@@ -681,6 +769,8 @@ def explain(
             k_grid = tuple(float(t) for t in eval_k.split(",") if t.strip())
         except ValueError:
             raise UserError(f"bad --eval-k '{eval_k}': give fractions, comma-separated") from None
+        if not k_grid or not all(0 < v < 1 for v in k_grid):
+            raise UserError(f"bad --eval-k '{eval_k}': fractions must lie in (0, 1)")
         use = cert[:max_samples]
         sub = res.subset(np.isin(np.arange(len(res)), use))
         x = torch.tensor(sub.inputs)
@@ -819,7 +909,11 @@ def train(
     from nonuniform.train import TrainConfig, evaluate
     from nonuniform.train import train as train_model
 
+    check_positive(batch_size=batch_size, epochs=epochs)
+    check_positive(pgd_steps=pgd_steps, allow_zero=True)
+    check_writable_file(out)  # fail now, not after training
     info = dataset_info(dataset)
+    torch.manual_seed(seed)  # the initial weights too: `train --seed S` is reproducible
     net = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
     tr = load_dataset(info.name, "train", data_dir)
     te = load_dataset(info.name, "test", data_dir)
@@ -923,8 +1017,31 @@ def demo(
     out_console.print(f"figures: {combined} and {out}/<model>/figures/; boxes: {out}/<model>/boxes.npz")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        import nonuniform
+
+        typer.echo(f"nonuniform {nonuniform.__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:  # pragma: no cover - the console script
+    """Entry point: user errors are one line (exit 2); anything else is a bug, shown as such."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        typer.echo(
+            "internal error (a bug in nonuniform): please report it with the traceback above", err=True
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

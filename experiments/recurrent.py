@@ -36,7 +36,7 @@ from nonuniform.steps import step_robustness
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results"
 MODELS = ["mnist-rnn", "mnist-lstm", "mnist-gru", "fashion-rnn", "fashion-lstm", "fashion-gru"]
-CLI = [sys.executable, "-m", "cli.main"]
+CLI = [sys.executable, "-m", "nonuniform"]
 
 
 def run_cli(*args: str) -> dict:

@@ -53,6 +53,7 @@ def certify_boxes(
     device: str | torch.device | None = None,
     indices: Tensor | np.ndarray | None = None,
     callback: Callable[[CertifiedBoxes], None] | None = None,
+    progress: Callable[[float], None] | None = None,
     seed: int = 0,
     **options,
 ) -> CertifiedBoxes:
@@ -62,7 +63,8 @@ def certify_boxes(
     ``labels``: optional true labels; misclassified samples are reported, not certified.
     ``method``: fastlin | crown | alpha-crown (ibp works too but gives tiny boxes).
     Other keyword options are fields of :class:`CertifyConfig`. ``callback`` receives the
-    results of each finished batch (the CLI writes them to disk as they come).
+    results of each finished batch (the CLI writes them to disk as they come); ``progress``
+    receives work done in samples (fractions within a batch), for progress bars.
     """
     cfg = CertifyConfig(method=method, asymmetric=asymmetric, clip=clip, **options)
     torch.manual_seed(seed)
@@ -95,7 +97,7 @@ def certify_boxes(
         t0 = time.perf_counter()
         x0 = x_all[start : start + batch_size]
         y = None if y_all is None else y_all[start : start + batch_size]
-        part = _certify_batch(bm, check_bm, x0, y, cfg)
+        part = _certify_batch(bm, check_bm, x0, y, cfg, progress)
         part.seconds[:] = (time.perf_counter() - t0) / len(x0)
         part.indices = idx_all[start : start + batch_size]
         part.settings = settings
@@ -106,9 +108,23 @@ def certify_boxes(
 
 
 def _certify_batch(
-    bm: BoundedModel, check_bm: BoundedModel, x0: Tensor, y: Tensor | None, cfg: CertifyConfig
+    bm: BoundedModel,
+    check_bm: BoundedModel,
+    x0: Tensor,
+    y: Tensor | None,
+    cfg: CertifyConfig,
+    progress: Callable[[float], None] | None = None,
 ) -> CertifiedBoxes:
     b = len(x0)
+    reported = [0.0]
+
+    def tick(fraction: float) -> None:
+        """Report ``fraction`` of this batch as done (never more than all of it)."""
+        step = min(fraction, 1.0 - reported[0])
+        reported[0] += step
+        if progress is not None and step > 0:
+            progress(step * b)
+
     preds = bm.predict(x0)
     spec = margin_spec(preds, bm.num_classes).to(x0.dtype)
     p = Problem(bm, x0, spec, cfg)
@@ -142,7 +158,8 @@ def _certify_batch(
             gain = p.mean_log_width(*p.box(*radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
         rho0[start[gain]] = shaped[gain]
     active = u_ok.clone()
-    best_rho, iters = optimise(p, rho0, active)
+    tick(0.25)  # uniform radius and warm start
+    best_rho, iters = optimise(p, rho0, active, lambda: tick(0.65 / max(cfg.iterations, 1)))
     lower, upper = u_lo.clone(), u_hi.clone()
     certified = u_ok.clone()
     margin = torch.full((b,), float("nan"), dtype=x0.dtype, device=x0.device)
@@ -168,6 +185,7 @@ def _certify_batch(
         half = ((upper - lower) / 2).flatten(1)[:, p.free.flatten()]
         apothem = half.min(1).values if half.shape[1] else torch.zeros(b, device=x0.device)
     neg_inf = torch.full_like(lv_final, -math.inf)
+    tick(1.0)
     return CertifiedBoxes(
         inputs=x0.cpu().numpy(),
         lower=lower.cpu().numpy(),
@@ -229,7 +247,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> cuda if available else cpu; a clear error when CUDA is asked but absent."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but torch.cuda.is_available() is False; use --device cpu")
     return dev

@@ -200,11 +200,13 @@ def load_checkpoint(path: str | Path, name: str | None = None, source: str | Non
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception:  # noqa: BLE001 - torch raises many types for corrupt files
+        # torch's own text suggests weights_only=False, i.e. running arbitrary pickled code: not
+        # advice to pass on for a file that failed the safe loader.
         raise ModelError(
-            f"{path}: not a loadable nonuniform checkpoint ({first[:200]}); re-create it with "
-            "`nonuniform train` or nonuniform.models.save_checkpoint"
+            f"{path}: not a loadable nonuniform checkpoint (damaged, truncated, or not written by "
+            "torch.save with tensors and plain values only); re-create it with `nonuniform train` or "
+            "nonuniform.models.save_checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(
@@ -269,7 +271,7 @@ def load_model(
     elif key.lower().endswith(".onnx"):
         model, card = load_onnx_model(key, input_shape, domain)
     elif Path(key).exists():
-        model, card = load_checkpoint(key)
+        model, card = load_checkpoint(Path(key).resolve())  # absolute: `verify` works from anywhere
     else:
         raise ModelError(
             f"'{key}' is neither an embedded model nor an existing file; embedded models: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -53,7 +55,9 @@ class SampleAdam:
         self.m[idx], self.v[idx], self.t[idx] = 0.0, 0.0, 0.0
 
 
-def optimise(p: Problem, rho: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+def optimise(
+    p: Problem, rho: Tensor, active: Tensor, on_iteration: Callable[[], None] | None = None
+) -> tuple[Tensor, Tensor]:
     """PHR augmented Lagrangian; returns the best certified log-radii and iterations used."""
     cfg = p.cfg
     b = rho.shape[0]
@@ -68,6 +72,8 @@ def optimise(p: Problem, rho: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
     prev_obj, prev_viol = best_obj.clone(), torch.full((b,), float("inf"), dtype=dt, device=dev)
     iters = torch.zeros(b, dtype=torch.long, device=dev)
     for it in range(cfg.iterations):
+        if on_iteration is not None:
+            on_iteration()
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break

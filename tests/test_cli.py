@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from nonuniform_cli.main import app
 from typer.testing import CliRunner
 
 import nonuniform
-from cli.main import app
 from nonuniform import CertifiedBoxes
 
 runner = CliRunner()

@@ -226,9 +226,8 @@ def test_third_party_vnnlib_answers_are_checked(vnncomp_dir):
 def test_residual_module_certifies_from_python_and_from_the_cli(tmp_path):
     """A non-Sequential ResNet-style module: certify_boxes traces it; exported to ONNX it goes
     through `certify` and `verify` on the command line."""
+    from nonuniform_cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     net = TinyResNet(seed=5)
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -1,0 +1,137 @@
+"""A certification run on disk: nothing lost, nothing mixed.
+
+A run directory holds
+
+* ``run.json`` -- what identifies the run: the model (name, source, sha256), the data source and
+  every option that changes a box (method, radii, clipping, domain, iterations, seed, ...);
+* ``parts/batch_NNNNN.npz`` -- one :class:`~nonuniform.certified.CertifiedBoxes` per finished
+  batch, written atomically (temporary file, then rename), so a killed run never leaves half a
+  part behind;
+* ``boxes.npz`` and ``summary.json`` -- the assembled result, written when the run completes.
+
+Resuming (:meth:`RunDir.open` with ``resume=True``) refuses a run whose identity differs, naming
+each difference, and recomputes the samples of a part that cannot be read (the part is moved to
+``parts/damaged/``). A directory with no finished part is simply started again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .certified import BoxesFileError, CertifiedBoxes
+
+
+class RunError(ValueError):
+    """The run directory cannot be used as asked (named, with what to do)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_boxes_atomic(boxes: CertifiedBoxes, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    boxes.save(tmp)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run directory (see the module docstring)."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.parts = self.out / "parts"
+
+    def open(self, identity: dict, resume: bool) -> dict[int, CertifiedBoxes]:
+        """Prepare the directory; return the finished samples by data-set index (resume only)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise RunError(f"--out {self.out} is a file, not a directory; choose another --out")
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create {self.parts}: {e.strerror or e}; choose another --out") from None
+        if not os.access(self.out, os.W_OK):
+            raise RunError(f"{self.out} is not writable; choose another --out")
+        existing = sorted(self.parts.glob("batch_*.npz"))
+        if (self.out / "boxes.npz").exists() or existing:
+            if not resume:
+                raise RunError(
+                    f"{self.out} already holds results; pass --resume to continue it or choose another --out"
+                )
+            self._check_identity(identity)
+        atomic_write_bytes(self.out / "run.json", json.dumps(identity, indent=2).encode())
+        return self._finished(existing) if resume else {}
+
+    def _check_identity(self, identity: dict) -> None:
+        path = self.out / "run.json"
+        if not path.exists():
+            return  # a run from before run.json existed: its parts are checked one by one
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise RunError(f"{path} is damaged; start a fresh run with another --out") from None
+        diffs = _differences(old, identity)
+        if diffs:
+            raise RunError(
+                f"cannot resume {self.out}: it was made with different settings ({'; '.join(diffs)}); "
+                "repeat the original options or choose another --out"
+            )
+
+    def _finished(self, existing: Sequence[Path]) -> dict[int, CertifiedBoxes]:
+        done: dict[int, CertifiedBoxes] = {}
+        for p in existing:
+            try:
+                part = CertifiedBoxes.load(p)
+            except BoxesFileError as e:
+                damaged = self.parts / "damaged"
+                damaged.mkdir(exist_ok=True)
+                shutil.move(str(p), damaged / p.name)
+                warnings.warn(f"{e}; moved to {damaged}, its samples are computed again", stacklevel=2)
+                continue
+            for k in range(len(part)):
+                done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
+        return done
+
+    def part_writer(self, on_saved: Callable[[CertifiedBoxes], None] | None = None):
+        """A callback for ``certify_boxes`` that writes each finished batch as a new part."""
+        counter = [1 + max((int(p.stem.split("_")[1]) for p in self.parts.glob("batch_*.npz")), default=-1)]
+
+        def save(part: CertifiedBoxes) -> None:
+            save_boxes_atomic(part, self.parts / f"batch_{counter[0]:05d}.npz")
+            counter[0] += 1
+            if on_saved is not None:
+                on_saved(part)
+
+        return save
+
+    def finish(self, boxes: CertifiedBoxes, summary: dict) -> None:
+        save_boxes_atomic(boxes, self.out / "boxes.npz")
+        atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2).encode())
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {_short(a)} before, {_short(b)} now")
+    return out
+
+
+def _short(v) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+__all__ = ["RunDir", "RunError", "atomic_write_bytes", "save_boxes_atomic"]
