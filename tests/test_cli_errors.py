@@ -1,0 +1,223 @@
+"""Bad input and misuse: one plain line on stderr, exit code 2, no traceback, nothing lost.
+
+Table-driven over the commands' options and files, plus resume integrity and property-based
+fuzzing (Hypothesis) of the option parsers and the boxes-file reader."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nonuniform_cli.main import UserError, app, parse_domain, parse_indices, parse_shape
+from typer.testing import CliRunner
+
+from nonuniform import CertifiedBoxes
+from nonuniform.certified import BoxesFileError
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(res, needle: str) -> None:
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    (d / "a_file").write_text("x")
+    (d / "random.pt").write_bytes(np.random.default_rng(0).bytes(500))
+    (d / "random.npz").write_bytes(np.random.default_rng(1).bytes(500))
+    np.savez(d / "nan.npz", inputs=np.full((2, 1, 28, 28), np.nan, dtype=np.float32), labels=np.zeros(2))
+    np.savez(d / "labels.npz", inputs=np.zeros((2, 1, 28, 28), dtype=np.float32), labels=np.array([3, 12]))
+    np.savez(d / "short.npz", inputs=np.zeros((3, 1, 28, 28), dtype=np.float32), labels=np.array([1, 2]))
+    np.savez(d / "none.npz", inputs=np.zeros((2, 784), dtype=np.float32), labels=np.array([1, 2]))
+    good = run("certify", "mnist-mlp", "--out", d / "run", "--count", 1, "--iterations", 2, "--no-figures")
+    assert good.exit_code == 0, good.output
+    raw = (d / "run" / "boxes.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(raw[: len(raw) // 2])
+    boxes = CertifiedBoxes.load(d / "run" / "boxes.npz")
+    boxes.labels = np.zeros(5, dtype=np.int64)  # inconsistent lengths
+    boxes.save(d / "inconsistent.npz")
+    none = CertifiedBoxes.load(d / "run" / "boxes.npz")
+    none.certified[:] = False
+    none.save(d / "uncertified.npz")
+    return d
+
+
+CASES = [
+    (["certify", "mnist-mlp", "--out", "{d}/a_file"], "is a file, not a directory"),
+    (["certify", "mnist-mlp", "--out", "{d}/o1", "--device", "tpu"], "unknown device 'tpu'"),
+    (["certify", "mnist-mlp", "--out", "{d}/o2", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["certify", "mnist-mlp", "--out", "{d}/o3", "--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["certify", "mnist-mlp", "--out", "{d}/o4", "--iterations", "-5"], "--iterations must be 0 or more"),
+    (["certify", "fashion-mlp", "--out", "{d}/o5"], "trained on fashion-mnist, not mnist"),
+    (["certify", "{d}/random.pt", "--out", "{d}/o6"], "not a loadable nonuniform checkpoint"),
+    (["certify", "mnist-mlp", "--out", "{d}/o7", "--dataset", "{d}/nan.npz"], "NaN/inf input values"),
+    (["certify", "mnist-mlp", "--out", "{d}/o8", "--dataset", "{d}/labels.npz"], "labels must lie in 0..9"),
+    (["certify", "mnist-mlp", "--out", "{d}/o9", "--dataset", "{d}/short.npz"], "3 inputs but 2 labels"),
+    (["certify", "mnist-mlp", "--out", "{d}/o10", "--domain", "1,0"], "every LO must be below"),
+    (["certify", "mnist-mlp", "--out", "{d}/o11", "--input-shape", "a,b"], "bad --input-shape"),
+    (["certify", "[red]model[/x].pt", "--out", "{d}/o12"], "'[red]model[/x].pt' is neither"),
+    (["verify", "{d}/truncated.npz"], "damaged or truncated boxes file"),
+    (["verify", "{d}/inconsistent.npz"], "inconsistent boxes file"),
+    (["verify", "{d}/random.npz"], "damaged or truncated boxes file"),
+    (["rank", "{d}/uncertified.npz", "--out", "{d}/r1"], "ranking needs at least two"),
+    (["rank", "{d}/run/boxes.npz", "--out", "{d}/a_file"], "is a file, not a directory"),
+    (["explain", "{d}/run/boxes.npz", "--out", "{d}/x1", "--k", "1.5"], "fractions must lie in (0, 1)"),
+    (["explain", "{d}/run/boxes.npz", "--out", "{d}/x2", "--k", "0"], "counts be at least 1"),
+    (["explain", "{d}/uncertified.npz", "--out", "{d}/x3"], "no certified box"),
+    (["train", "--arch", "mlp:8:relu", "--out", "{d}/t.pt", "--batch-size", "0"], "--batch-size must be"),
+    (["train", "--arch", "mlp:8:relu", "--out", "{d}/nodir/t.pt"], "does not exist"),
+    (["vnnlib", "{d}/a_file", "{d}/a_file"], "not a loadable nonuniform checkpoint"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2(files, args, needle):
+    res = run(*(a.format(d=files) for a in args))
+    assert_one_line_error(res, needle)
+
+
+def test_resume_refuses_other_settings_and_keeps_what_was_written(tmp_path):
+    out = tmp_path / "run"
+    base = ["certify", "mnist-mlp", "--out", out, "--count", 2, "--batch-size", 1]
+    assert run(*base, "--iterations", 3, "--no-figures").exit_code == 0
+    parts = sorted((out / "parts").glob("batch_*.npz"))
+    before = {p.name: p.read_bytes() for p in parts}
+    for extra, name in [
+        (["--iterations", 3, "--method", "fastlin"], "options.method"),
+        (["--iterations", 4], "options.iterations"),
+        (["--iterations", 3, "--asymmetric"], "options.asymmetric"),
+        (["--iterations", 3, "--no-clip"], "options.clip"),
+        (["--iterations", 3, "--seed", 1], "options.seed"),
+        (["--iterations", 3, "--dataset", "fashion-mnist"], "trained on mnist"),
+    ]:
+        assert_one_line_error(run(*base, "--resume", *extra), name)
+    assert_one_line_error(run(*base, "--iterations", 3), "already holds results")
+    assert {p.name: p.read_bytes() for p in sorted((out / "parts").glob("batch_*.npz"))} == before
+
+
+def test_damaged_part_is_recomputed_and_results_match(tmp_path):
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    base = ["--count", 2, "--batch-size", 1, "--iterations", 3, "--no-figures"]
+    assert run("certify", "mnist-mlp", "--out", ref, *base).exit_code == 0
+    assert run("certify", "mnist-mlp", "--out", out, *base).exit_code == 0
+    (out / "boxes.npz").unlink()
+    part = sorted((out / "parts").glob("batch_*.npz"))[1]
+    part.write_bytes(part.read_bytes()[:100])  # a part cut short
+    res = run("certify", "mnist-mlp", "--out", out, *base, "--resume")
+    assert res.exit_code == 0, res.output
+    assert (out / "parts" / "damaged" / part.name).exists()
+    a, b = CertifiedBoxes.load(out / "boxes.npz"), CertifiedBoxes.load(ref / "boxes.npz")
+    assert np.array_equal(a.lower, b.lower) and np.array_equal(a.upper, b.upper)
+
+
+def test_a_failed_run_does_not_block_the_next(tmp_path):
+    out = tmp_path / "run"
+    (out / "parts").mkdir(parents=True)  # what a run that died before its first batch leaves
+    res = run("certify", "mnist-mlp", "--out", out, "--count", 1, "--iterations", 2, "--no-figures")
+    assert res.exit_code == 0, res.output
+
+
+def test_version_and_module_entry_point():
+    import subprocess
+    import sys
+
+    import nonuniform
+
+    res = run("--version")
+    assert res.exit_code == 0 and nonuniform.__version__ in res.output
+    out = subprocess.run([sys.executable, "-m", "nonuniform", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and nonuniform.__version__ in out.stdout
+
+
+# -- property-based fuzzing -----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20), st.one_of(st.none(), st.integers(-5, 200)), st.integers(1, 100))
+def test_parse_indices_only_raises_user_errors(spec, count, available):
+    try:
+        idx = parse_indices(spec or None, count, available)
+    except UserError:
+        return
+    assert idx.size > 0 and idx.min() >= 0 and idx.max() < available
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789,:x-. e", max_size=24))
+def test_parse_shape_and_domain_only_raise_user_errors(text):
+    for parse in (parse_shape, parse_domain):
+        try:
+            parse(text)
+        except UserError:
+            pass
+
+
+def _boxes_bytes() -> bytes:
+    b = CertifiedBoxes(
+        inputs=np.zeros((2, 3), np.float32),
+        lower=np.zeros((2, 3), np.float32),
+        upper=np.ones((2, 3), np.float32),
+        labels=np.zeros(2, np.int64),
+        preds=np.zeros(2, np.int64),
+        certified=np.ones(2, bool),
+        log_volume=np.zeros(2),
+        uniform_radius=np.zeros(2),
+        uniform_log_volume=np.zeros(2),
+        apothem=np.zeros(2),
+        margin=np.zeros(2),
+        used_uniform=np.zeros(2, bool),
+        iterations=np.zeros(2, np.int64),
+        seconds=np.zeros(2),
+        indices=np.arange(2),
+        free=np.ones(3, bool),
+    )
+    buf = io.BytesIO()
+    b.save(buf)
+    return buf.getvalue()
+
+
+GOOD = _boxes_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_boxes_reader_rejects_damaged_files_in_one_line(tmp_path_factory, data):
+    raw = bytearray(GOOD)
+    kind = data.draw(st.sampled_from(["truncate", "flip", "random"]))
+    if kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 20))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    else:
+        raw = bytearray(data.draw(st.binary(max_size=400)))
+    path = tmp_path_factory.mktemp("fuzz") / "b.npz"
+    path.write_bytes(bytes(raw))
+    try:
+        boxes = CertifiedBoxes.load(path)
+    except BoxesFileError as e:
+        assert "\n" not in str(e)
+        return
+    assert len(boxes.inputs) == len(boxes.labels)  # whatever loads is consistent
+
+
+def test_boxes_reader_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "p.npz"
+    np.savez(path, inputs=np.array([object()], dtype=object))
+    with pytest.raises(BoxesFileError):
+        CertifiedBoxes.load(path)
+    assert zipfile.is_zipfile(path)
