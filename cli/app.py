@@ -1,0 +1,121 @@
+"""The Typer application, its consoles, and how errors and results are shown."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Certified non-uniform robustness regions (largest certified boxes) for classifiers.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+class UserError(Exception):
+    """A mistake in the command's input: reported in one line, exit code 2."""
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(message: object) -> str:
+    """A message as one plain line: no ANSI codes, no line breaks, no markup interpretation."""
+    return " ".join(ANSI.sub("", str(message)).split())
+
+
+def user_errors(fn):
+    """Turn library errors about bad input into one plain line on stderr and exit code 2."""
+
+    from nonuniform.data import DataError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (
+            UserError,
+            DataError,
+            ValueError,
+            FileNotFoundError,
+            PermissionError,
+            IsADirectoryError,
+            NotADirectoryError,
+        ) as e:
+            typer.echo(f"error: {one_line(e)}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def json_safe(value):
+    """NaN and infinities (undefined statistics, e.g. a class with one sample) become null: JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table or message; "-" where there is none (nothing certified)."""
+    return "-" if value is None else format(value, spec)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def results_table(res, title: str = "") -> Table:
+    t = Table(
+        title=title or None,
+        caption="log r: mean log half-width of the non-uniform box; unif. r: best certified uniform "
+        "radius; gain: log-volume over the uniform box (nats); s: seconds per sample",
+    )
+    for col in ("sample", "label", "pred", "cert", "log r", "unif. r", "gain", "apothem", "s"):
+        t.add_column(col, justify="right")
+    for row in res.sample_rows():
+        c = row["certified"]
+        t.add_row(
+            str(row["index"]),
+            str(row["label"]) if row["label"] >= 0 else "-",
+            str(row["pred"]),
+            "[green]yes[/]" if c else "[red]no[/]",
+            f"{row['mean_log_radius']:.3f}" if c else "-",
+            f"{row['uniform_radius']:.4f}",
+            f"{row['volume_gain_nats']:.1f}" if c else "-",
+            f"{row['apothem']:.4f}",
+            f"{row['seconds']:.2f}",
+        )
+    return t
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        import nonuniform
+
+        typer.echo(f"nonuniform {nonuniform.__version__}")
+        raise typer.Exit(0)

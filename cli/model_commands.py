@@ -1,0 +1,214 @@
+"""Commands about models: vnnlib, models, train, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from .app import (
+    UserError,
+    app,
+    fmt,
+    out_console,
+    progress_bar,
+    user_errors,
+)
+from .options import (
+    check_positive,
+    check_writable_file,
+    model_record,
+    parse_shape,
+    resolve_model,
+)
+
+
+@app.command()
+@user_errors
+def vnnlib(
+    net: Annotated[Path, typer.Argument(help="The network (.onnx, or any model `certify` takes).")],
+    prop: Annotated[Path, typer.Argument(help="The VNN-LIB property (.vnnlib).")],
+    timeout: Annotated[float, typer.Option(help="Seconds for the whole decision.")] = 60.0,
+    out: Annotated[Path | None, typer.Option(help="Write the VNN-COMP result file here.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape when the file leaves it open.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Decide a VNN-LIB property: unsat (proved), sat (checked counterexample), unknown or timeout."""
+    from nonuniform.vnnlib import decide, parse_vnnlib
+
+    model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
+    result = decide(model, parse_vnnlib(prop), card.input_shape, timeout)
+    if out is not None:
+        out.write_text(result.vnncomp_text())
+    if json_out:
+        out_console.print_json(
+            json.dumps({"status": result.status, "seconds": round(result.seconds, 3), **result.details})
+        )
+    else:
+        out_console.print(f"{result.status} ({result.seconds:.2f} s)")
+
+
+@app.command()
+@user_errors
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the embedded models and their cards."""
+    from nonuniform.models import embedded_models, load_model
+
+    cards = [load_model(name)[1] for name in embedded_models()]
+    if json_out:
+        out_console.print_json(json.dumps([c.to_dict() for c in cards]))
+        return
+    t = Table(title="embedded models")
+    for col in ("name", "arch", "dataset", "training", "clean acc", "PGD acc @0.1"):
+        t.add_column(col, no_wrap=True)
+    for c in cards:
+        eps = c.recipe.get("adv_eps", 0)
+        t.add_row(
+            c.name,
+            c.arch,
+            c.dataset,
+            f"PGD eps {eps}" if eps else "normal",
+            f"{c.metrics.get('clean_accuracy', float('nan')):.4f}",
+            f"{c.metrics.get('pgd_accuracy@0.1', float('nan')):.4f}",
+        )
+    out_console.print(t)
+
+
+@app.command()
+@user_errors
+def train(
+    arch: Annotated[
+        str,
+        typer.Option(help="Architecture spec: mlp:100,100:relu, mlp:1024x3:tanh, cnn-small, cnn-medium."),
+    ],
+    out: Annotated[Path, typer.Option(help="Checkpoint path to write (.pt).")],
+    dataset: Annotated[str, typer.Option(help="mnist | fashion-mnist.")] = "mnist",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    adv_eps: Annotated[float, typer.Option(help="L-inf budget of PGD training (0: normal training).")] = 0.0,
+    pgd_steps: Annotated[int, typer.Option(help="PGD steps per training example.")] = 10,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one-cycle).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="Directory with the IDX .gz files.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Train a model (normally or adversarially) and save a checkpoint with its card."""
+    from nonuniform.data import dataset_info, load_dataset
+    from nonuniform.models import ModelCard, build_model, save_checkpoint
+    from nonuniform.train import TrainConfig, evaluate
+    from nonuniform.train import train as train_model
+
+    check_positive(batch_size=batch_size, epochs=epochs)
+    check_positive(pgd_steps=pgd_steps, allow_zero=True)
+    check_writable_file(out)  # fail now, not after training
+    info = dataset_info(dataset)
+    torch.manual_seed(seed)  # the initial weights too: `train --seed S` is reproducible
+    net = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
+    tr = load_dataset(info.name, "train", data_dir)
+    te = load_dataset(info.name, "test", data_dir)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed
+    )
+    train_model(net, tr.inputs, tr.labels, cfg)
+    metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
+    command = (
+        f"nonuniform train --arch {arch} --dataset {info.name} --epochs {epochs} --adv-eps {adv_eps} "
+        f"--pgd-steps {pgd_steps} --lr {lr} --batch-size {batch_size} --seed {seed} --out {out}"
+    )
+    card = ModelCard.for_training(out.stem, arch, info, cfg, metrics, command)
+    save_checkpoint(net, card, out)
+    if json_out:
+        out_console.print_json(json.dumps({"checkpoint": str(out), "metrics": metrics}))
+    else:
+        out_console.print(f"wrote {out}: {metrics}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the figures and results.")] = Path(
+        "nonuniform-demo"
+    ),
+    count: Annotated[int, typer.Option(help="Number of embedded MNIST test images to certify.")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Certify a few embedded MNIST images with the normal and the PGD-trained MLP, side by side."""
+    from nonuniform import certify_boxes
+    from nonuniform.plots import overview_figure, sample_figure, side_by_side_figure
+    from nonuniform.samples import load_samples
+
+    x, y = load_samples("mnist")
+    if not 1 <= count <= len(x):
+        raise UserError(f"--count must be between 1 and {len(x)}")
+    x, y = x[:count], y[:count]
+    results = {}
+    with progress_bar() as bar:
+        task = bar.add_task("certifying", total=2 * count)
+        for name in ("mnist-mlp", "mnist-mlp-pgd"):
+            net, card, dev = resolve_model(name, device)
+            bar.update(task, description=f"certifying with {name}")
+            res = certify_boxes(
+                net,
+                x,
+                y,
+                method="crown",
+                device=dev,
+                callback=lambda p: bar.update(task, advance=len(p)),
+            )
+            res.settings["model"] = model_record(card)
+            results[name] = res
+            d = out / name
+            (d / "figures").mkdir(parents=True, exist_ok=True)
+            res.save(d / "boxes.npz")
+            (d / "summary.json").write_text(json.dumps(res.summary(), indent=2))
+            for k in range(count):
+                sample_figure(res, k, d / "figures" / f"sample_{k:05d}.png")
+            overview_figure(res, d / "figures" / "overview.png", title=f"{name}: certified boxes (CROWN)")
+    combined = side_by_side_figure(results, out / "demo.png")
+    if json_out:
+        out_console.print_json(json.dumps({k: v.summary() for k, v in results.items()}))
+        return
+    a, b = results["mnist-mlp"], results["mnist-mlp-pgd"]
+    t = Table(title=f"certified non-uniform boxes, {count} MNIST test images (CROWN)")
+    for col in (
+        "sample",
+        "label",
+        "normal: mean log r",
+        "normal: uniform r",
+        "normal: gain",
+        "PGD: mean log r",
+        "PGD: uniform r",
+        "PGD: gain",
+    ):
+        t.add_column(col, justify="right")
+    for k in range(count):
+
+        def cells(r, k=k):
+            if not r.certified[k]:
+                return ["not certified", f"{r.uniform_radius[k]:.4f}", "-"]
+            return [
+                f"{r.mean_log_radius[k]:.2f}",
+                f"{r.uniform_radius[k]:.4f}",
+                f"{r.volume_gain[k]:.0f}",
+            ]
+
+        t.add_row(str(k), str(int(y[k])), *cells(a), *cells(b))
+    out_console.print(t)
+    sa, sb = a.summary(), b.summary()
+    out_console.print(
+        f"mean log radius: normal {fmt(sa['mean_log_radius'], '.2f')} "
+        f"(uniform {fmt(sa['uniform_mean_log_radius'], '.2f')}), "
+        f"PGD-trained {fmt(sb['mean_log_radius'], '.2f')} "
+        f"(uniform {fmt(sb['uniform_mean_log_radius'], '.2f')}). "
+        f"Gain = log-volume over the uniform box, in nats."
+    )
+    out_console.print(f"figures: {combined} and {out}/<model>/figures/; boxes: {out}/<model>/boxes.npz")

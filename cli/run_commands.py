@@ -1,0 +1,319 @@
+"""Commands that certify and re-check: certify, verify, steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.table import Table
+
+from .app import (
+    UserError,
+    app,
+    console,
+    fmt,
+    out_console,
+    progress_bar,
+    results_table,
+    user_errors,
+)
+from .options import (
+    check_data,
+    check_dataset_matches,
+    check_output_dir,
+    check_positive,
+    load_inputs,
+    model_record,
+    parse_domain,
+    parse_shape,
+    resolve_model,
+)
+
+
+@app.command()
+@user_errors
+def certify(
+    model: Annotated[
+        str,
+        typer.Argument(help="Embedded model name (see `nonuniform models`), checkpoint or .onnx path."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory (boxes.npz, summary.json, figures/).")],
+    dataset: Annotated[
+        str, typer.Option(help="mnist | fashion-mnist | PATH.npz (arrays inputs, labels).")
+    ] = "mnist",
+    indices: Annotated[
+        str | None, typer.Option(help="Samples to certify: START:STOP or a list 3,5,9.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Certify the first N samples.")] = None,
+    method: Annotated[str, typer.Option(help="Bound method: fastlin | crown | alpha-crown.")] = "crown",
+    asymmetric: Annotated[bool, typer.Option(help="Separate radii below and above each feature.")] = False,
+    clip: Annotated[
+        bool,
+        typer.Option(help="Intersect boxes with the input domain (--no-clip: the paper's setting)."),
+    ] = True,
+    per_logit: Annotated[
+        bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
+    ] = False,
+    iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 60,
+    batch_size: Annotated[
+        int, typer.Option(help="Samples optimised together (independent of each other).")
+    ] = 25,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory with the IDX .gz files (else embedded samples)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted run in OUT without redoing finished samples."),
+    ] = False,
+    figures: Annotated[bool, typer.Option(help="Write per-sample and overview figures.")] = True,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape C,H,W (ONNX files that leave it open).")
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Input domain LO,HI or LO:HI per channel (required for ONNX models)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Certify the largest non-uniform box around each selected sample."""
+    from nonuniform import certify_boxes
+    from nonuniform.boxes import CertifiedBoxes
+    from nonuniform.runs import RunDir
+
+    check_positive(batch_size=batch_size)
+    check_positive(iterations=iterations, allow_zero=True)
+    net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
+    if card.domain is None:
+        raise UserError(
+            f"{card.source} does not record its input domain; pass --domain LO,HI (e.g. 0,1 for pixels "
+            "in [0, 1]) or LO:HI per channel for normalised inputs"
+        )
+    check_dataset_matches(card, dataset)
+    x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
+    check_data(x, y, len(card.class_names), dataset)
+    record = model_record(card)
+    options = {
+        "method": method,
+        "asymmetric": asymmetric,
+        "clip": clip,
+        "per_logit": per_logit,
+        "iterations": iterations,
+        "seed": seed,
+        "domain": [torch.as_tensor(d, dtype=torch.float64).tolist() for d in card.domain],
+    }
+    run = RunDir(out)
+    done = run.open({"model": record, "data": source, "options": options}, resume)
+    todo = np.array([k for k in range(len(idx)) if int(idx[k]) not in done], dtype=int)
+    t0 = time.time()
+    with progress_bar() as bar:
+        task = bar.add_task(
+            f"certifying with {card.name} ({method})", total=len(idx), completed=len(idx) - len(todo)
+        )
+
+        def saved(part):
+            for k in range(len(part)):
+                done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
+            bar.update(task, completed=sum(int(i) in done for i in idx))
+
+        def annotate(part):
+            part.settings["model"] = record
+            part.settings["data"] = source
+            writer(part)
+
+        writer = run.part_writer(saved)
+        if len(todo):
+            try:
+                certify_boxes(
+                    net,
+                    x[todo],
+                    None if y is None else y[todo],
+                    method=method,
+                    asymmetric=asymmetric,
+                    clip=clip,
+                    per_logit=per_logit,
+                    iterations=iterations,
+                    batch_size=batch_size,
+                    device=dev,
+                    indices=idx[todo],
+                    callback=annotate,
+                    progress=lambda n: bar.advance(task, n),
+                    seed=seed,
+                    domain=card.domain,
+                )
+            except KeyboardInterrupt:
+                console.print(
+                    f"interrupted: {len(done)} of {len(idx)} samples are saved in {out}/parts; run the same "
+                    "command with --resume to continue",
+                    markup=False,
+                    highlight=False,
+                )
+                raise typer.Exit(130) from None
+    res = CertifiedBoxes.concat([done[int(i)] for i in idx])
+    summary = res.summary()
+    summary.update({"model": record, "data": source, "wall_seconds": round(time.time() - t0, 2)})
+    run.finish(res, summary)
+    if figures:
+        from nonuniform.plots import overview_figure, sample_figure
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        for k in range(min(len(res), 32)):
+            sample_figure(res, k, fig_dir / f"sample_{int(res.indices[k]):05d}.png", class_names)
+        overview_figure(
+            res,
+            fig_dir / "overview.png",
+            title=f"{card.name}: certified non-uniform boxes ({method})",
+        )
+    if json_out:
+        out_console.print_json(json.dumps({"summary": summary, "samples": res.sample_rows()}))
+    else:
+        out_console.print(results_table(res, f"{card.name} on {len(res)} samples ({method})"))
+        out_console.print(
+            f"certified {summary['certified']}/{summary['samples']}; mean log radius "
+            f"{fmt(summary['mean_log_radius'])} (uniform {fmt(summary['uniform_mean_log_radius'])}); "
+            f"results in {out}/"
+        )
+
+
+@app.command()
+@user_errors
+def verify(
+    boxes: Annotated[Path, typer.Argument(help="boxes.npz written by `certify`.")],
+    model: Annotated[
+        str | None, typer.Argument(help="Model (default: the one recorded in the file).")
+    ] = None,
+    attack_restarts: Annotated[int, typer.Option(help="PGD restarts per box.")] = 5,
+    attack_steps: Annotated[int, typer.Option(help="PGD steps per restart.")] = 50,
+    corners: Annotated[int, typer.Option(help="Random box vertices evaluated per box.")] = 256,
+    milp: Annotated[
+        bool, typer.Option(help="Also decide each box exactly by MILP (small ReLU nets).")
+    ] = False,
+    milp_time_limit: Annotated[float, typer.Option(help="Seconds per box for the MILP.")] = 60.0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Re-check every certified box: fresh float64 bound, attacks, optional MILP. Exit 1 on failure."""
+    from nonuniform.boxes import CertifiedBoxes
+    from nonuniform.verify import verify_boxes
+
+    if not boxes.exists():
+        raise UserError(f"{boxes}: file not found")
+    res = CertifiedBoxes.load(boxes)
+    rec = res.settings.get("model", {})
+    if model is None:
+        src = rec.get("source", "")
+        if not src:
+            raise UserError(f"{boxes} does not record its model; pass MODEL explicitly")
+        model = src.removeprefix("embedded:")
+    net, card, dev = resolve_model(model, device)
+    if rec.get("sha256") and rec["sha256"] != card.sha256:
+        console.print(f"[yellow]warning:[/] {model} differs from the model recorded in {boxes} (checksum)")
+    with progress_bar() as bar:
+        task = bar.add_task("MILP" if milp else "checking", total=int(res.certified.sum()) if milp else None)
+        report = verify_boxes(
+            net,
+            res,
+            attack_restarts=attack_restarts,
+            attack_steps=attack_steps,
+            corners=corners,
+            milp=milp,
+            milp_time_limit=milp_time_limit,
+            device=dev,
+            progress=lambda k: bar.update(task, advance=k),
+        )
+    if json_out:
+        out_console.print_json(json.dumps(report.to_dict()))
+    else:
+        milp_counts = dict(zip(*np.unique(list(report.milp.values()), return_counts=True)))
+        out_console.print(
+            f"{report.certified} certified boxes checked: malformed {len(report.malformed)}, fresh bound "
+            f"failures {len(report.bound_failures)}, attack counterexamples {len(report.attack_failures)}"
+            + (f", MILP {milp_counts}" if milp else "")
+        )
+        out_console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def steps(
+    model: Annotated[str, typer.Argument(help="A recurrent model: embedded name or checkpoint path.")],
+    out: Annotated[Path, typer.Option(help="Output directory (steps.npz, steps.json, steps.png).")],
+    dataset: Annotated[
+        str, typer.Option(help="mnist | fashion-mnist | PATH.npz (arrays inputs, labels).")
+    ] = "mnist",
+    indices: Annotated[str | None, typer.Option(help="Samples: START:STOP or a list 3,5,9.")] = None,
+    count: Annotated[int | None, typer.Option(help="The first N samples.")] = 5,
+    method: Annotated[str, typer.Option(help="Bound method: ibp | fastlin | crown.")] = "crown",
+    bisection_steps: Annotated[int, typer.Option(help="Bisection steps on log(radius).")] = 12,
+    batch_size: Annotated[int, typer.Option(help="Samples bounded together (x steps boxes).")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Directory with the IDX .gz files.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per-time-step robustness: the certified radius when only one step of the sequence moves."""
+    from nonuniform import SequenceClassifier
+    from nonuniform.plots import step_profile_figure
+    from nonuniform.steps import StepRobustness, step_robustness
+
+    net, card, dev = resolve_model(model, device)
+    if not isinstance(net, SequenceClassifier):
+        raise UserError(
+            f"{card.name} ({card.arch}) is not a recurrent model; `steps` needs one (e.g. mnist-lstm)"
+        )
+    x, y, idx, source, _ = load_inputs(dataset, data_dir, indices, count)
+    check_output_dir(out)
+    t0 = time.time()
+    with progress_bar() as bar:
+        task = bar.add_task(f"per-step radii with {card.name} ({method})", total=len(x))
+        parts = []
+        for start in range(0, len(x), batch_size):
+            sl = slice(start, start + batch_size)
+            parts.append(step_robustness(net, x[sl], y[sl], method, card.domain, bisection_steps, device=dev))
+            bar.update(task, advance=len(x[sl]))
+    res = StepRobustness.concat(parts)
+    np.savez_compressed(
+        out / "steps.npz",
+        radius=res.radius,
+        preds=res.preds,
+        labels=res.labels,
+        correct=res.correct,
+        indices=idx,
+    )
+    med, q1, q3 = res.profile()
+    summary = {
+        "model": model_record(card),
+        "data": source,
+        "method": method,
+        "samples": len(x),
+        "correct": int(res.correct.sum()),
+        "median_log10_radius_per_step": [None if np.isnan(v) else round(float(v), 4) for v in med],
+        "wall_seconds": round(time.time() - t0, 2),
+    }
+    (out / "steps.json").write_text(json.dumps(summary, indent=2))
+    step_profile_figure(
+        {card.name: res}, out / "steps.png", f"{card.name}: certified radius per step ({method})"
+    )
+    if json_out:
+        out_console.print_json(json.dumps(summary))
+        return
+    t = Table(title=f"{card.name}: certified radius when only one step moves ({res.correct.sum()} samples)")
+    for col in ("step", "median radius", "quartiles"):
+        t.add_column(col, justify="right")
+    for k in range(len(med)):
+        if np.isnan(med[k]):
+            continue
+        t.add_row(str(k), f"{10 ** med[k]:.4f}", f"{10 ** q1[k]:.4f} - {10 ** q3[k]:.4f}")
+    out_console.print(t)
+    out_console.print(f"results in {out}/")
