@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nonuniform.runs import model_record  # noqa: F401 - re-exported for the commands
+
 from .app import UserError
 
 
@@ -182,13 +184,3 @@ def resolve_model(model: str, device: str, input_shape=None, domain=None):
     dev = resolve_device(device)
     m, card = load_model(model, dev, input_shape=input_shape, domain=domain)
     return m, card, dev
-
-
-def model_record(card) -> dict:
-    return {
-        "name": card.name,
-        "source": card.source,
-        "sha256": card.sha256,
-        "arch": card.arch,
-        "dataset": card.dataset,
-    }

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 import typer
 from rich.table import Table
 
@@ -86,9 +85,7 @@ def certify(
     ] = False,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
-    from nonuniform import certify_boxes
-    from nonuniform.boxes import CertifiedBoxes
-    from nonuniform.runs import RunDir
+    from nonuniform.runs import certify_run
 
     check_positive(batch_size=batch_size)
     check_positive(iterations=iterations, allow_zero=True)
@@ -101,79 +98,36 @@ def certify(
     check_dataset_matches(card, dataset)
     x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
     check_data(x, y, len(card.class_names), dataset)
-    record = model_record(card)
-    options = {
-        "method": method,
-        "asymmetric": asymmetric,
-        "clip": clip,
-        "per_logit": per_logit,
-        "iterations": iterations,
-        "seed": seed,
-        "domain": [torch.as_tensor(d, dtype=torch.float64).tolist() for d in card.domain],
-    }
-    run = RunDir(out)
-    done = run.open({"model": record, "data": source, "options": options}, resume)
-    todo = np.array([k for k in range(len(idx)) if int(idx[k]) not in done], dtype=int)
-    t0 = time.time()
-    with progress_bar() as bar:
-        task = bar.add_task(
-            f"certifying with {card.name} ({method})", total=len(idx), completed=len(idx) - len(todo)
+    saved = [0]
+    bar = progress_bar()
+    task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False)
+
+    def start(total: int, done: int) -> None:  # the run directory is ready: show the bar
+        bar.update(task, completed=done)
+        bar.start_task(task)
+        bar.start()
+
+    try:
+        res, summary = certify_run(
+            net, card, x, y, idx, source, out,
+            resume=resume, figures=figures, class_names=class_names,
+            progress=lambda n: bar.advance(task, n),
+            on_saved=lambda n: saved.__setitem__(0, n),
+            on_start=start,
+            method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
+            iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print(
+            f"interrupted: {saved[0]} samples of this run are saved in {out}/parts; run the same "
+            "command with --resume to continue",
+            markup=False,
+            highlight=False,
         )
-
-        def saved(part):
-            for k in range(len(part)):
-                done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
-            bar.update(task, completed=sum(int(i) in done for i in idx))
-
-        def annotate(part):
-            part.settings["model"] = record
-            part.settings["data"] = source
-            writer(part)
-
-        writer = run.part_writer(saved)
-        if len(todo):
-            try:
-                certify_boxes(
-                    net,
-                    x[todo],
-                    None if y is None else y[todo],
-                    method=method,
-                    asymmetric=asymmetric,
-                    clip=clip,
-                    per_logit=per_logit,
-                    iterations=iterations,
-                    batch_size=batch_size,
-                    device=dev,
-                    indices=idx[todo],
-                    callback=annotate,
-                    progress=lambda n: bar.advance(task, n),
-                    seed=seed,
-                    domain=card.domain,
-                )
-            except KeyboardInterrupt:
-                console.print(
-                    f"interrupted: {len(done)} of {len(idx)} samples are saved in {out}/parts; run the same "
-                    "command with --resume to continue",
-                    markup=False,
-                    highlight=False,
-                )
-                raise typer.Exit(130) from None
-    res = CertifiedBoxes.concat([done[int(i)] for i in idx])
-    summary = res.summary()
-    summary.update({"model": record, "data": source, "wall_seconds": round(time.time() - t0, 2)})
-    run.finish(res, summary)
-    if figures:
-        from nonuniform.plots import overview_figure, sample_figure
-
-        fig_dir = out / "figures"
-        fig_dir.mkdir(exist_ok=True)
-        for k in range(min(len(res), 32)):
-            sample_figure(res, k, fig_dir / f"sample_{int(res.indices[k]):05d}.png", class_names)
-        overview_figure(
-            res,
-            fig_dir / "overview.png",
-            title=f"{card.name}: certified non-uniform boxes ({method})",
-        )
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
     if json_out:
         out_console.print_json(json.dumps({"summary": summary, "samples": res.sample_rows()}))
     else:

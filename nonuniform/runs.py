@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .boxes import certify_boxes
 from .certified import BoxesFileError, CertifiedBoxes
 
 
@@ -134,4 +136,94 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["RunDir", "RunError", "atomic_write_bytes", "save_boxes_atomic"]
+def model_record(card) -> dict:
+    """What identifies a model in results: name, source (path or embedded name), sha256."""
+    return {
+        "name": card.name,
+        "source": card.source,
+        "sha256": card.sha256,
+        "arch": card.arch,
+        "dataset": card.dataset,
+    }
+
+
+def certify_run(
+    model,
+    card,
+    inputs,
+    labels,
+    indices: np.ndarray,
+    source: str,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    figures: bool = True,
+    class_names=None,
+    progress: Callable[[float], None] | None = None,
+    on_saved: Callable[[int], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    **options,
+) -> tuple[CertifiedBoxes, dict]:
+    """``certify_boxes`` into a run directory: each batch saved as it finishes, resumable, then
+    ``boxes.npz``, ``summary.json`` and (``figures``) per-sample and overview figures.
+
+    ``options`` are ``certify_boxes``'s (method, asymmetric, clip, per_logit, iterations,
+    batch_size, device, seed, domain, ...); those that change a box are the run's identity.
+    ``on_start(total, done)`` is called once the directory is ready (errors about it come
+    before); ``on_saved(n)`` is told how many samples are safely on disk after each batch.
+    """
+    out = Path(out)
+    record = model_record(card)
+    identity_keys = ("method", "asymmetric", "clip", "per_logit", "iterations", "seed")
+    identity = {k: options[k] for k in identity_keys if k in options}
+    domain = options.get("domain", card.domain)
+    identity["domain"] = [np.asarray(d, dtype=np.float64).tolist() for d in domain]
+    run = RunDir(out)
+    done = run.open({"model": record, "data": source, "options": identity}, resume)
+    todo = np.array([k for k in range(len(indices)) if int(indices[k]) not in done], dtype=int)
+    if on_start is not None:
+        on_start(len(indices), len(indices) - len(todo))
+
+    def saved(part: CertifiedBoxes) -> None:
+        for k in range(len(part)):
+            done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
+        if on_saved is not None:
+            on_saved(len(done))
+
+    writer = run.part_writer(saved)
+
+    def annotate(part: CertifiedBoxes) -> None:
+        part.settings["model"] = record
+        part.settings["data"] = source
+        writer(part)
+
+    t0 = time.time()
+    if len(todo):
+        certify_boxes(
+            model,
+            inputs[todo],
+            None if labels is None else labels[todo],
+            indices=indices[todo],
+            callback=annotate,
+            progress=progress,
+            **{**options, "domain": domain},
+        )
+    res = CertifiedBoxes.concat([done[int(i)] for i in indices])
+    summary = res.summary()
+    summary.update({"model": record, "data": source, "wall_seconds": round(time.time() - t0, 2)})
+    run.finish(res, summary)
+    if figures:
+        from .plots import overview_figure, sample_figure
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        for k in range(min(len(res), 32)):
+            sample_figure(res, k, fig_dir / f"sample_{int(res.indices[k]):05d}.png", class_names)
+        method = options.get("method", "crown")
+        overview_figure(
+            res, fig_dir / "overview.png", title=f"{card.name}: certified non-uniform boxes ({method})"
+        )
+    return res, summary
+
+
+__all__ = ["RunDir", "RunError", "atomic_write_bytes", "certify_run", "model_record", "save_boxes_atomic"]
