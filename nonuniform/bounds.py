@@ -30,11 +30,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .alpha_crown import optimised_slopes_bound
 from .interval import intersect
 from .network import Activation, AffineOp, Network
 from .relaxations import LinearRelaxation
+from .specs import BoxError, check_box, margin_spec
 
 METHODS = ("ibp", "fastlin", "crown", "alpha-crown")
+
+__all__ = [
+    "METHODS",
+    "BoundState",
+    "BoundedModel",
+    "BoxError",
+    "ENGINES",
+    "check_box",
+    "compute_bounds",
+    "margin_spec",
+    "to_network",
+]
 
 #: Engines for model types with a representation of their own, registered by the module that
 #: implements each (``recurrent`` registers SequenceClassifier; the package imports it), so this
@@ -44,45 +58,6 @@ ENGINES: dict[type, type] = {}
 #: Largest number of elements of one backward-pass tensor when computing intermediate bounds;
 #: neurons are processed in chunks below it (about 1 GiB in float32).
 MEMORY_BUDGET = 2**28
-
-
-class BoxError(ValueError):
-    """A malformed box: shapes differ, NaN/inf values, or lower > upper."""
-
-
-def check_box(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate a batch of boxes and return them as tensors (same dtype/device)."""
-    lower, upper = torch.as_tensor(lower), torch.as_tensor(upper)
-    if lower.shape != upper.shape:
-        raise BoxError(f"lower has shape {tuple(lower.shape)} but upper has {tuple(upper.shape)}")
-    if lower.dim() < 2:
-        raise BoxError(
-            f"boxes must be batched, shaped (batch, *input_shape); got shape {tuple(lower.shape)}"
-            " (add a batch axis with x.unsqueeze(0))"
-        )
-    if not lower.is_floating_point():
-        lower, upper = lower.float(), upper.float()
-    upper = upper.to(dtype=lower.dtype, device=lower.device)
-    for name, t in (("lower", lower), ("upper", upper)):
-        bad = ~torch.isfinite(t)
-        if bad.any():
-            raise BoxError(f"{name} has {int(bad.sum())} NaN/inf entries")
-    inverted = lower > upper
-    if inverted.any():
-        raise BoxError(
-            f"lower > upper in {int(inverted.sum())} entries (largest gap "
-            f"{float((lower - upper).max()):.3g}); each interval must satisfy lower <= upper"
-        )
-    return lower, upper
-
-
-def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
-    """Rows ``e_c - e_j`` for every ``j != c`` in class order: ``(batch, classes-1, classes)``."""
-    b = labels.shape[0]
-    eye = torch.eye(num_classes, device=labels.device)
-    others = torch.arange(num_classes, device=labels.device).expand(b, -1)
-    others = others[others != labels[:, None]].reshape(b, num_classes - 1)
-    return eye[labels][:, None, :] - eye[others]
 
 
 @dataclass
@@ -342,65 +317,8 @@ class BoundedModel:
         if method != "ibp":
             out = torch.maximum(out, self.backward(lam, state.relaxations, lower, upper))
         if method == "alpha-crown":
-            out = torch.maximum(out, self._alpha_crown(lam, state, alpha_steps, alpha_lr))
+            out = torch.maximum(out, optimised_slopes_bound(self, lam, state, alpha_steps, alpha_lr))
         return out
-
-    def _alpha_crown(self, lam: Tensor, state: BoundState, steps: int, lr: float) -> Tensor:
-        """Final-pass bound with lower slopes optimised per specification.
-
-        The slopes are optimised on a detached copy of the problem (every iterate is a sound
-        relaxation, projected to its valid range); the best slopes per specification are then
-        used once more with the gradient tape on, so the result stays differentiable in the box.
-        """
-        b, s2 = lam.shape[:2]
-        layers = [
-            i
-            for i, (l, u) in state.pre.items()
-            if self.net.ops[i].relaxation.has_alpha and ((l < 0) & (u > 0)).any()
-        ]
-        if not layers or steps <= 0:
-            return self.backward(lam, state.relaxations, state.lower, state.upper)
-        detached = {i: r.detach() for i, r in state.relaxations.items()}
-        pre_d = {i: (l.detach(), u.detach()) for i, (l, u) in state.pre.items()}
-        alpha = {
-            i: self.net.ops[i]
-            .relaxation.default_alpha(*pre_d[i])
-            .unsqueeze(1)
-            .expand(b, s2, *pre_d[i][0].shape[1:])
-            .clone()
-            .requires_grad_(True)
-            for i in layers
-        }
-        best_alpha = {i: a.detach().clone() for i, a in alpha.items()}
-        best = None
-        opt = torch.optim.Adam(alpha.values(), lr=lr)
-        lam_d, lo_d, up_d = lam.detach(), state.lower.detach(), state.upper.detach()
-        with torch.enable_grad():
-            for _ in range(steps + 1):
-                relax = dict(detached)
-                for i in layers:
-                    relax[i] = self.net.ops[i].relaxation.relax(*pre_d[i], "crown", alpha=alpha[i])
-                out = self.backward(lam_d, relax, lo_d, up_d)
-                with torch.no_grad():
-                    better = out if best is None else out > best
-                    if best is None:
-                        best = out.detach().clone()
-                        better = torch.ones_like(best, dtype=torch.bool)
-                    else:
-                        best = torch.where(better, out, best)
-                    for i in layers:
-                        m = better.reshape(b, s2, *([1] * (alpha[i].dim() - 2)))
-                        best_alpha[i] = torch.where(m, alpha[i].detach(), best_alpha[i])
-                opt.zero_grad(set_to_none=True)
-                (-out.sum()).backward()
-                opt.step()
-                with torch.no_grad():
-                    for i in layers:
-                        alpha[i].clamp_(self.net.ops[i].relaxation.negative_slope, 1.0)
-        relax = dict(state.relaxations)
-        for i in layers:
-            relax[i] = self.net.ops[i].relaxation.relax(*state.pre[i], "crown", alpha=best_alpha[i])
-        return self.backward(lam, relax, state.lower, state.upper)
 
     # -- specs --------------------------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:

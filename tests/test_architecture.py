@@ -1,4 +1,4 @@
-"""The package's shape: no import cycles between its modules (counting imports inside functions)."""
+"""The package's shape: no import cycles (counting imports inside functions), no oversized module."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def test_no_import_cycles():
     for m in sorted(graph):
         if state.get(m) is None:
             visit(m, [])
+
+
+def test_modules_stay_small():
+    """One idea per module: none over 400 lines (library and command line)."""
+    big = {
+        str(p.relative_to(PKG.parent)): n
+        for folder in (PKG, PKG.parent / "cli")
+        for p in folder.glob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not big, f"modules over 400 lines: {big}"

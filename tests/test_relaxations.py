@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nonuniform.relaxations import Identity, Product, Sigmoid, Tanh
+from nonuniform.gates import Product
+from nonuniform.relaxations import Identity, Sigmoid, Tanh
 
 GATES = {"sigmoid*tanh": Product(Sigmoid(), Tanh()), "sigmoid*y": Product(Sigmoid(), Identity())}
 
