@@ -151,8 +151,10 @@ def explain(
     """Explanation sets (least-robust features) and their evaluation against baselines."""
     from nonuniform.boxes import CertifiedBoxes
     from nonuniform.explain import (
+        DeepLift,
         InputXGradient,
         IntegratedGradients,
+        Occlusion,
         RandomRanking,
         Saliency,
         evaluate_ranking,
@@ -220,6 +222,8 @@ def explain(
             "saliency |grad|": Saliency(net).attribute(x, y),
             "|grad x input|": InputXGradient(net).attribute(x, y),
             "|integrated gradients|": IntegratedGradients(net).attribute(x, y),
+            "|DeepLIFT|": DeepLift(net).attribute(x, y),
+            "occlusion (4x4)": Occlusion(net).attribute(x, y),
         }
         scores = []
         with progress_bar() as bar:

@@ -21,8 +21,10 @@ import torch
 
 from nonuniform import CertifiedBoxes, certify_boxes, load_dataset, load_model
 from nonuniform.explain import (
+    DeepLift,
     InputXGradient,
     IntegratedGradients,
+    Occlusion,
     RandomRanking,
     Saliency,
     evaluate_ranking,
@@ -90,6 +92,8 @@ def main() -> None:
             "saliency": Saliency(model).attribute(x, y),
             "grad x input": InputXGradient(model).attribute(x, y),
             "integrated gradients": IntegratedGradients(model).attribute(x, y),
+            "DeepLIFT": DeepLift(model).attribute(x, y),
+            "occlusion (4x4)": Occlusion(model).attribute(x, y),
         }
         scores = []
         for mname, imp in methods.items():

@@ -2,9 +2,9 @@
 
 An explanation ranks features by importance. Ours: features with the smallest certified half-width
 are the ones the prediction is fragile in, so importance = -log half-width. Baselines follow
-Captum's ``Method(model).attribute(inputs, target=...)`` shape: gradient magnitude (saliency),
-|gradient x input|, |integrated gradients|, random, and the uniform box (all features equal:
-a control). Evaluation for the top-k set S of each ranking:
+Captum's ``Method(model).attribute(inputs, target=...)`` shape and come from Captum: gradient
+magnitude (saliency), |gradient x input|, |integrated gradients|, |DeepLIFT|, occlusion; plus
+random and the uniform box (all features equal: a control). Evaluation for the top-k set S of each ranking:
 
 * Robustness-S_r: smallest L-inf budget with which PGD moving only S changes the prediction
   (bisection over the budget) - lower is better: S holds what the prediction depends on;
@@ -17,6 +17,7 @@ Shapes: inputs ``(n, *input_shape)``; attributions and masks the same; scores ``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,43 +34,72 @@ K_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 10))  # 5%, 10%, ..., 4
 # -- rankings -------------------------------------------------------------------------------------
 
 
-class Saliency:
-    """|d f_target / d x|."""
+class CaptumRanking:
+    """|attribution| of a Captum method for the target logit: the saliency-type baselines.
 
-    def __init__(self, model: nn.Module) -> None:
+    Captum (``captum.attr``) computes the attributions; this class only fixes the call shape and
+    takes magnitudes (a ranking cares how much a feature matters, not its sign).
+    """
+
+    method: str = ""
+    options: dict = {}
+
+    def __init__(self, model: nn.Module, **options) -> None:
+        import captum.attr
+
         self.model = model
-
-    def _grad(self, x: Tensor, target: Tensor) -> Tensor:
-        x = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.model(x).gather(1, target[:, None]).sum()
-            (g,) = torch.autograd.grad(out, x)
-        return g
+        self.explainer = getattr(captum.attr, self.method)(model)
+        self.options = {**type(self).options, **options}
 
     def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
-        return self._grad(inputs, target).abs()
+        with torch.enable_grad(), warnings.catch_warnings():
+            # DeepLift announces its (temporary) hooks on every call
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+            x = inputs.detach().clone().requires_grad_(True)
+            a = self.explainer.attribute(x, target=target, **self.options)
+        return a.detach().abs()
 
 
-class InputXGradient(Saliency):
-    """|x * d f_target / d x|."""
+class Saliency(CaptumRanking):
+    """|d f_target / d x| (captum.attr.Saliency)."""
+
+    method = "Saliency"
+    options = {"abs": True}
+
+
+class InputXGradient(CaptumRanking):
+    """|x * d f_target / d x| (captum.attr.InputXGradient)."""
+
+    method = "InputXGradient"
+
+
+class IntegratedGradients(CaptumRanking):
+    """|integrated gradients| from a zero baseline (captum.attr.IntegratedGradients, Riemann
+    middle rule, 32 steps)."""
+
+    method = "IntegratedGradients"
+    options = {"n_steps": 32, "method": "riemann_middle"}
+
+
+class DeepLift(CaptumRanking):
+    """|DeepLIFT| from a zero baseline (captum.attr.DeepLift; rescale rule)."""
+
+    method = "DeepLift"
+
+
+class Occlusion(CaptumRanking):
+    """|output change when a 4x4 patch (per channel) is set to 0| (captum.attr.Occlusion)."""
+
+    method = "Occlusion"
 
     def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
-        return (inputs * self._grad(inputs, target)).abs()
-
-
-class IntegratedGradients(Saliency):
-    """|(x - baseline) * mean_t grad f(baseline + t (x - baseline))| (Riemann, ``steps`` points)."""
-
-    def __init__(self, model: nn.Module, steps: int = 32, baseline: float = 0.0) -> None:
-        super().__init__(model)
-        self.steps, self.baseline = steps, baseline
-
-    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
-        base = torch.full_like(inputs, self.baseline)
-        total = torch.zeros_like(inputs)
-        for t in (torch.arange(self.steps, dtype=inputs.dtype) + 0.5) / self.steps:
-            total += self._grad(base + t * (inputs - base), target)
-        return ((inputs - base) * total / self.steps).abs()
+        window = tuple(min(4, d) if i else 1 for i, d in enumerate(inputs.shape[1:]))
+        strides = tuple(max(1, w // 2) for w in window)
+        with torch.no_grad():
+            a = self.explainer.attribute(
+                inputs.clone(), target=target, sliding_window_shapes=window, strides=strides
+            )
+        return a.detach().abs()
 
 
 class RandomRanking:

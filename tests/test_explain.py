@@ -7,8 +7,10 @@ import torch
 
 from nonuniform import certify_boxes, load_model
 from nonuniform.explain import (
+    DeepLift,
     InputXGradient,
     IntegratedGradients,
+    Occlusion,
     Saliency,
     certified_complement_radius,
     evaluate_ranking,
@@ -80,9 +82,20 @@ def test_baselines_shapes_and_evaluation_runs():
     model, _ = load_model("mnist-mlp")
     x, y = load_samples("mnist")
     x, y = x[:3], y[:3]
-    for method in (Saliency(model), InputXGradient(model), IntegratedGradients(model, steps=8)):
+    methods = (Saliency(model), InputXGradient(model), IntegratedGradients(model, n_steps=8))
+    for method in (*methods, DeepLift(model), Occlusion(model)):
         a = method.attribute(x, y)
         assert a.shape == x.shape and (a >= 0).all() and a.sum() > 0
+    # Captum's numbers are the textbook quantities: |grad|, |x * grad|, and IG's completeness.
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).gather(1, y[:, None]).sum(), xg)
+    assert torch.allclose(methods[0].attribute(x, y), g.abs(), atol=1e-6)
+    assert torch.allclose(methods[1].attribute(x, y), (x * g).abs(), atol=1e-6)
+    import captum.attr
+
+    ig = captum.attr.IntegratedGradients(model).attribute(x, target=y, n_steps=200)
+    gap = (model(x) - model(torch.zeros_like(x))).gather(1, y[:, None])[:, 0]
+    assert torch.allclose(ig.flatten(1).sum(1), gap, rtol=1e-2, atol=1e-2)
     res = certify_boxes(model, x, y, iterations=20)
     scores = evaluate_ranking(
         model,
