@@ -6,11 +6,12 @@ import functools
 import re
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from nonuniform.ranking import json_safe  # noqa: F401 - re-exported for the commands
 
 app = typer.Typer(
     add_completion=False,
@@ -56,17 +57,6 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def json_safe(value):
-    """NaN and infinities (undefined statistics, e.g. a class with one sample) become null: JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:

@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 
 from .app import (
-    UserError,
     app,
     fmt,
     out_console,
@@ -21,7 +20,6 @@ from .app import (
 from .options import (
     check_positive,
     check_writable_file,
-    model_record,
     parse_shape,
     resolve_model,
 )
@@ -142,38 +140,14 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Certify a few embedded MNIST images with the normal and the PGD-trained MLP, side by side."""
-    from nonuniform import certify_boxes
-    from nonuniform.plots import overview_figure, sample_figure, side_by_side_figure
-    from nonuniform.samples import load_samples
+    from nonuniform.demo import run_demo
 
-    x, y = load_samples("mnist")
-    if not 1 <= count <= len(x):
-        raise UserError(f"--count must be between 1 and {len(x)}")
-    x, y = x[:count], y[:count]
-    results = {}
     with progress_bar() as bar:
         task = bar.add_task("certifying", total=2 * count)
-        for name in ("mnist-mlp", "mnist-mlp-pgd"):
-            net, card, dev = resolve_model(name, device)
-            bar.update(task, description=f"certifying with {name}")
-            res = certify_boxes(
-                net,
-                x,
-                y,
-                method="crown",
-                device=dev,
-                callback=lambda p: bar.update(task, advance=len(p)),
-            )
-            res.settings["model"] = model_record(card)
-            results[name] = res
-            d = out / name
-            (d / "figures").mkdir(parents=True, exist_ok=True)
-            res.save(d / "boxes.npz")
-            (d / "summary.json").write_text(json.dumps(res.summary(), indent=2))
-            for k in range(count):
-                sample_figure(res, k, d / "figures" / f"sample_{k:05d}.png")
-            overview_figure(res, d / "figures" / "overview.png", title=f"{name}: certified boxes (CROWN)")
-    combined = side_by_side_figure(results, out / "demo.png")
+        results, combined = run_demo(
+            out, count, device, progress=lambda name, n: bar.update(task, advance=n, description=name)
+        )
+    y = results["mnist-mlp"].labels
     if json_out:
         out_console.print_json(json.dumps({k: v.summary() for k, v in results.items()}))
         return

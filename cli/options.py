@@ -138,6 +138,29 @@ def check_data(x: torch.Tensor, y: torch.Tensor | None, num_classes: int, where:
         )
 
 
+def parse_sizes(text: str) -> list[int | float]:
+    """``--k``: fractions in (0, 1) or counts >= 1, comma-separated."""
+    try:
+        sizes = [float(t) if "." in t else int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"bad --k '{text}': give fractions (0.05) or counts (40), comma-separated") from None
+    if not sizes or any(
+        (isinstance(v, float) and not 0 < v < 1) or (isinstance(v, int) and v < 1) for v in sizes
+    ):
+        raise UserError(f"bad --k '{text}': fractions must lie in (0, 1) and counts be at least 1")
+    return sizes
+
+
+def parse_fractions(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"bad {option} '{text}': give fractions, comma-separated") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise UserError(f"bad {option} '{text}': fractions must lie in (0, 1)")
+    return values
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
