@@ -103,9 +103,20 @@ def results_table(res, title: str = "") -> Table:
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch (default: OMP_NUM_THREADS, else the usable cores)."),
+    ] = None,
 ) -> None:
     if version:
         import nonuniform
 
         typer.echo(f"nonuniform {nonuniform.__version__}")
         raise typer.Exit(0)
+    from nonuniform.threads import configure_threads
+
+    try:
+        configure_threads(threads)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None

@@ -7,7 +7,10 @@ from .layers import Normalize, SequenceClassifier
 from .models import load_model
 from .network import UnsupportedModelError
 from .recurrent import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
+from .threads import cap_threads, configure_threads
 from .verify import VerifyReport, verify_boxes
+
+cap_threads()
 
 __all__ = [
     "METHODS",
@@ -25,5 +28,6 @@ __all__ = [
     "margin_spec",
     "VerifyReport",
     "verify_boxes",
+    "configure_threads",
 ]
 __version__ = "0.1.0"
