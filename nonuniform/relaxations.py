@@ -39,16 +39,22 @@ class LinearRelaxation:
     lower_bias: Tensor
     upper_slope: Tensor
     upper_bias: Tensor
+    #: the lower lines pass through the origin (ReLU, LeakyReLU): the backward pass skips them
+    zero_lower_bias: bool = False
 
     def detach(self) -> LinearRelaxation:
-        return LinearRelaxation(*(t.detach() for t in self.astuple()))
+        return LinearRelaxation(*(t.detach() for t in self.astuple()), zero_lower_bias=self.zero_lower_bias)
 
     def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.lower_slope, self.lower_bias, self.upper_slope, self.upper_bias
 
     def backward(self, lam: Tensor) -> tuple[Tensor, Tensor]:
         """Lower bound of ``lam . act(z)`` as ``lam' . z + bias``: returns (lam', bias (batch, specs))."""
-        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        neg = lam.clamp(max=0)
+        if self.zero_lower_bias:  # 5 passes over lam instead of 9: the same numbers
+            bias = (neg * self.upper_bias).flatten(2).sum(-1)
+            return lam * torch.where(lam >= 0, self.lower_slope, self.upper_slope), bias
+        pos = lam.clamp(min=0)
         bias = (pos * self.lower_bias + neg * self.upper_bias).flatten(2).sum(-1)
         return pos * self.lower_slope + neg * self.upper_slope, bias
 
@@ -130,6 +136,7 @@ class PiecewiseLinear(Relaxation):
             torch.zeros_like(upper_bias).unsqueeze(1),
             upper_slope.unsqueeze(1),
             upper_bias.unsqueeze(1),
+            zero_lower_bias=True,
         )
 
     def default_alpha(self, l: Tensor, u: Tensor) -> Tensor:
