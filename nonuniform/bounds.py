@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .alpha_crown import optimised_slopes_bound
 from .interval import intersect
 from .network import Activation, AffineOp, Network
+from .patches import patch_bounds, patch_size
 from .relaxations import LinearRelaxation
 from .specs import BoxError, check_box, margin_spec
 
@@ -54,6 +55,10 @@ __all__ = [
 #: implements each (``recurrent`` registers SequenceClassifier; the package imports it), so this
 #: module never imports them: ``BoundedModel(model)`` picks the engine.
 ENGINES: dict[type, type] = {}
+
+#: Intermediate bounds of convolutional chains use patch rows (:mod:`.patches`); False forces
+#: dense rows (the tests compare both).
+PATCHES = True
 
 #: Largest number of elements of one backward-pass tensor when computing intermediate bounds;
 #: neurons are processed in chunks below it (about 1 GiB in float32).
@@ -163,6 +168,22 @@ class BoundedModel:
         if kmax == 0:
             return l, u
         n = need.shape[1]
+        # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
+        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
+        valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
+        lf, uf = l.reshape(b, -1), u.reshape(b, -1)
+        patch_elems = patch_size(self.net, src, relax) if PATCHES else 0
+        if patch_elems:  # convolutional chain below: rows as receptive-field patches
+            chunk = max(1, MEMORY_BUDGET // (2 * b * patch_elems))
+            outs_l, outs_u = [], []
+            for part in torch.arange(kmax, device=l.device).split(chunk):
+                neuron = order[:, part] + 1
+                out = patch_bounds(self.net, src, torch.cat([neuron, -neuron], 1), relax, lower, upper)
+                outs_l.append(out[:, : part.numel()])
+                outs_u.append(-out[:, part.numel() :])
+            return self._intersect_rows(
+                l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1)
+            )
         union = need.any(0).nonzero().squeeze(1)
         k_u = union.numel()
         # Shared affine prefix: one-hot rows of the union, batch axis 1.
@@ -176,13 +197,9 @@ class BoundedModel:
             if j in pending:
                 bias_u = self._affine_step(j, pending, bias_u)
             j -= 1
-        # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
-        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
-        valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
         pos = torch.full((n,), 0, dtype=torch.long, device=l.device)
         pos[union] = torch.arange(k_u, device=l.device)
         pos = torch.where(valid, pos[order], 0)  # (b, kmax) row of each neuron in lam_u
-        lf, uf = l.reshape(b, -1), u.reshape(b, -1)
         chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(src + 1)))
         outs_l, outs_u = [], []
         for part in torch.arange(kmax, device=l.device).split(chunk):
@@ -191,7 +208,11 @@ class BoundedModel:
             out = self._backward(gathered, j, relax, lower, upper, iv, bias_u[0][sel])
             outs_l.append(out[:, : part.numel()])
             outs_u.append(-out[:, part.numel() :])
-        crown_l, crown_u = torch.cat(outs_l, 1), torch.cat(outs_u, 1)
+        return self._intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
+
+    @staticmethod
+    def _intersect_rows(l, u, lf, uf, order, valid, crown_l, crown_u) -> tuple[Tensor, Tensor]:
+        """Put each sample's CROWN bounds (in ``order``, ``valid`` slots only) into its intervals."""
         old_l, old_u = lf.gather(1, order), uf.gather(1, order)
         new_l, new_u = intersect(old_l, old_u, crown_l, crown_u, where=valid)
         lf = lf.scatter(1, order, new_l)
