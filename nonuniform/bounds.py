@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .alpha_crown import optimised_slopes_bound
-from .interval import intersect
+from .interval import concretise, intersect_rows
 from .network import Activation, AffineOp, Network
 from .patches import patch_bounds, patch_size
 from .relaxations import LinearRelaxation
@@ -181,9 +181,7 @@ class BoundedModel:
                 out = patch_bounds(self.net, src, torch.cat([neuron, -neuron], 1), relax, lower, upper)
                 outs_l.append(out[:, : part.numel()])
                 outs_u.append(-out[:, part.numel() :])
-            return self._intersect_rows(
-                l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1)
-            )
+            return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
         union = need.any(0).nonzero().squeeze(1)
         k_u = union.numel()
         # Shared affine prefix: one-hot rows of the union, batch axis 1.
@@ -208,16 +206,7 @@ class BoundedModel:
             out = self._backward(gathered, j, relax, lower, upper, iv, bias_u[0][sel])
             outs_l.append(out[:, : part.numel()])
             outs_u.append(-out[:, part.numel() :])
-        return self._intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
-
-    @staticmethod
-    def _intersect_rows(l, u, lf, uf, order, valid, crown_l, crown_u) -> tuple[Tensor, Tensor]:
-        """Put each sample's CROWN bounds (in ``order``, ``valid`` slots only) into its intervals."""
-        old_l, old_u = lf.gather(1, order), uf.gather(1, order)
-        new_l, new_u = intersect(old_l, old_u, crown_l, crown_u, where=valid)
-        lf = lf.scatter(1, order, new_l)
-        uf = uf.scatter(1, order, new_u)
-        return lf.reshape(l.shape), uf.reshape(u.shape)
+        return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
 
     # -- backward pass ------------------------------------------------------------------
     def _affine_step(self, j: int, pending: dict[int, Tensor], bias: Tensor) -> Tensor:
@@ -260,9 +249,9 @@ class BoundedModel:
                 k = op.inputs[0]
                 pending[k] = pending[k] + lam_in if k in pending else lam_in
             else:
-                bias = bias + _concretise(pending.pop(j), *iv[j])
+                bias = bias + concretise(pending.pop(j), *iv[j])
         if -1 in pending:
-            bias = bias + _concretise(pending.pop(-1), lower, upper)
+            bias = bias + concretise(pending.pop(-1), lower, upper)
         return bias
 
     def backward(
@@ -360,15 +349,6 @@ class BoundedModel:
                 f"specs, {self.num_classes}); got {tuple(spec.shape)}"
             )
         return spec
-
-
-def _concretise(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """min of ``lam . z`` over ``lower <= z <= upper``: (batch, specs). ``lam``'s batch axis may
-    be 1 (the shared prefix of intermediate bounds): the matmul broadcasts."""
-    lam = lam.flatten(2)
-    centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
-    radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
-    return (lam @ centre - lam.abs() @ radius).squeeze(-1)
 
 
 def to_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:

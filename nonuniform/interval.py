@@ -36,4 +36,22 @@ def intersect(
     return torch.where(ok, lo, l), torch.where(ok, hi, u)
 
 
-__all__ = ["intersect"]
+def intersect_rows(l, u, lf, uf, order, valid, crown_l, crown_u) -> tuple[Tensor, Tensor]:
+    """Put each sample's CROWN bounds (in ``order``, ``valid`` slots only) into its intervals."""
+    old_l, old_u = lf.gather(1, order), uf.gather(1, order)
+    new_l, new_u = intersect(old_l, old_u, crown_l, crown_u, where=valid)
+    lf = lf.scatter(1, order, new_l)
+    uf = uf.scatter(1, order, new_u)
+    return lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+def concretise(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """min of ``lam . z`` over ``lower <= z <= upper``: (batch, specs). ``lam``'s batch axis may
+    be 1 (the shared prefix of intermediate bounds): the matmul broadcasts."""
+    lam = lam.flatten(2)
+    centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
+    radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
+    return (lam @ centre - lam.abs() @ radius).squeeze(-1)
+
+
+__all__ = ["concretise", "intersect", "intersect_rows"]
