@@ -12,6 +12,7 @@ from rich.table import Table
 from .app import (
     UserError,
     app,
+    fmt,
     out_console,
     progress_bar,
     user_errors,
@@ -65,12 +66,12 @@ def rank(
         t.add_row(
             name,
             str(r["samples"]),
-            f"{r['mean_log_radius']:.3f}",
-            f"{s_['cosine_logradii_within']:.3f}",
-            f"{s_['cosine_logradii_between']:.3f}",
-            f"{s_['split_half_spearman']:.3f}",
-            f"{s_['split_half_kendall']:.3f}",
-            f"{r['rank_stability']:.3f}",
+            fmt(r["mean_log_radius"]),
+            fmt(s_["cosine_logradii_within"]),
+            fmt(s_["cosine_logradii_between"]),
+            fmt(s_["split_half_spearman"]),
+            fmt(s_["split_half_kendall"]),
+            fmt(r["rank_stability"]),
         )
     out_console.print(t)
     out_console.print(f"ranking.json and figures in {out}/")
@@ -131,6 +132,6 @@ def explain(
         for col in ("method", "AUC S_r (lower better)", "AUC S_r-complement (higher better)"):
             t.add_column(col, justify="right")
         for name, r in report["evaluation"].items():
-            t.add_row(name, f"{r['auc_s_r']:.4f}", f"{r['auc_s_r_complement']:.4f}")
+            t.add_row(name, fmt(r["auc_s_r"], ".4f"), fmt(r["auc_s_r_complement"], ".4f"))
         out_console.print(t)
     out_console.print(f"explanation sets and figures in {out}/")

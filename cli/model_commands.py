@@ -186,3 +186,4 @@ def demo(
         f"Gain = log-volume over the uniform box, in nats."
     )
     out_console.print(f"figures: {combined} and {out}/<model>/figures/; boxes: {out}/<model>/boxes.npz")
+    out_console.print(f"reports: {out}/mnist-mlp/report.html, {out}/mnist-mlp-pgd/report.html")

@@ -73,6 +73,7 @@ def certify(
         typer.Option(help="Continue an interrupted run in OUT without redoing finished samples."),
     ] = False,
     figures: Annotated[bool, typer.Option(help="Write per-sample and overview figures.")] = True,
+    report: Annotated[bool, typer.Option(help="Also write OUT/report.html (self-contained page).")] = False,
     input_shape: Annotated[
         str | None, typer.Option(help="Per-sample input shape C,H,W (ONNX files that leave it open).")
     ] = None,
@@ -128,6 +129,10 @@ def certify(
         raise typer.Exit(130) from None
     finally:
         bar.stop()
+    if report:
+        from nonuniform.report import write_report
+
+        console.print(f"report: {write_report(out, class_names=class_names)}", markup=False, highlight=False)
     if json_out:
         out_console.print_json(json.dumps({"summary": summary, "samples": res.sample_rows()}))
     else:
@@ -185,6 +190,10 @@ def verify(
             device=dev,
             progress=lambda k: bar.update(task, advance=k),
         )
+    try:  # kept beside the boxes, where `nonuniform report` finds it
+        (boxes.parent / "verify.json").write_text(json.dumps(report.to_dict(), indent=2))
+    except OSError:
+        pass
     if json_out:
         out_console.print_json(json.dumps(report.to_dict()))
     else:
@@ -271,3 +280,21 @@ def steps(
         t.add_row(str(k), f"{10 ** med[k]:.4f}", f"{10 ** q1[k]:.4f} - {10 ** q3[k]:.4f}")
     out_console.print(t)
     out_console.print(f"results in {out}/")
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A directory written by `certify` (boxes.npz, summary.json).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page for a run (also shows RUN_DIR/verify.json, rank/, explain/)."""
+    from nonuniform.report import write_report
+
+    if not (run_dir / "boxes.npz").exists():
+        raise UserError(f"{run_dir} holds no boxes.npz; give a directory written by `nonuniform certify`")
+    out_console.print(f"wrote {write_report(run_dir, out)}")

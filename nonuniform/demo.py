@@ -26,7 +26,8 @@ def run_demo(
 ) -> tuple[dict[str, CertifiedBoxes], Path]:
     """Certify the first ``count`` embedded MNIST test images with both demo models (CROWN);
     write each model's boxes, summary and figures under ``out/<model>/`` and the side-by-side
-    figure ``out/demo.png``. ``progress(model, samples)`` is called after each batch."""
+    figure ``out/demo.png``, and a report per model (``out/<model>/report.html``).
+    ``progress(model, samples)`` is called after each batch."""
     out = Path(out)
     x, y = load_samples("mnist")
     if not 1 <= count <= len(x):
@@ -53,6 +54,10 @@ def run_demo(
         for k in range(count):
             sample_figure(res, k, d / "figures" / f"sample_{k:05d}.png")
         overview_figure(res, d / "figures" / "overview.png", title=f"{name}: certified boxes (CROWN)")
+    from .report import write_report
+
+    for name in DEMO_MODELS:
+        write_report(out / name)
     return results, side_by_side_figure(results, out / "demo.png")
 
 
