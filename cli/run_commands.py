@@ -178,7 +178,8 @@ def verify(
     if rec.get("sha256") and rec["sha256"] != card.sha256:
         console.print(f"[yellow]warning:[/] {model} differs from the model recorded in {boxes} (checksum)")
     with progress_bar() as bar:
-        task = bar.add_task("MILP" if milp else "checking", total=int(res.certified.sum()) if milp else None)
+        n_cert = int(res.certified.sum())
+        task = bar.add_task("MILP" if milp else "bound and attacks", total=n_cert)
         report = verify_boxes(
             net,
             res,
@@ -190,6 +191,7 @@ def verify(
             device=dev,
             progress=lambda k: bar.update(task, advance=k),
         )
+        bar.update(task, completed=n_cert)
     try:  # kept beside the boxes, where `nonuniform report` finds it
         (boxes.parent / "verify.json").write_text(json.dumps(report.to_dict(), indent=2))
     except OSError:
