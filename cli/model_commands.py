@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .app import (
     app,
+    console,
     fmt,
     out_console,
     progress_bar,
@@ -115,7 +116,16 @@ def train(
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed
     )
-    train_model(net, tr.inputs, tr.labels, cfg)
+    steps_per_epoch = -(-len(tr.labels) // batch_size)
+    with progress_bar() as bar:
+        task = bar.add_task(f"training {arch}", total=epochs * steps_per_epoch)
+
+        def report(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step)
+            if not console.is_terminal and step % steps_per_epoch == 0:  # a line per epoch in logs
+                console.print(f"epoch {step // steps_per_epoch}/{epochs}: loss {loss:.4f}", markup=False)
+
+        train_model(net, tr.inputs, tr.labels, cfg, progress=report)
     metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
     command = (
         f"nonuniform train --arch {arch} --dataset {info.name} --epochs {epochs} --adv-eps {adv_eps} "

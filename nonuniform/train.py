@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from torch import Tensor, nn
 
 
@@ -58,41 +58,45 @@ def train(
     labels: Tensor,
     config: TrainConfig,
     domain: tuple[float, float] = (0.0, 1.0),
-    progress: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> nn.Module:
-    """Train in place with Adam (cosine schedule); PGD examples when ``config.adv_eps > 0``."""
+    """Train in place with Adam (cosine schedule); PGD examples when ``config.adv_eps > 0``.
+
+    ``progress(step, total_steps, loss)`` is called after every optimiser step (the CLI shows a
+    bar on a terminal and a line per epoch otherwise)."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     n = len(labels)
     steps_total = config.epochs * ((n + config.batch_size - 1) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps_total)
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("training", total=steps_total)
-        for epoch in range(config.epochs):
-            perm = torch.randperm(n, generator=gen)
-            for start in range(0, n, config.batch_size):
-                idx = perm[start : start + config.batch_size]
-                x, y = inputs[idx], labels[idx]
-                if config.adv_eps > 0:
-                    model.eval()
-                    x = pgd_linf(
-                        model,
-                        x,
-                        y,
-                        config.adv_eps,
-                        config.pgd_steps,
-                        config.pgd_step_size,
-                        domain,
-                        generator=gen,
-                    )
-                model.train()
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
+    step = 0
+    for _ in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            x, y = inputs[idx], labels[idx]
+            if config.adv_eps > 0:
+                model.eval()
+                x = pgd_linf(
+                    model,
+                    x,
+                    y,
+                    config.adv_eps,
+                    config.pgd_steps,
+                    config.pgd_step_size,
+                    domain,
+                    generator=gen,
+                )
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress is not None:
+                progress(step, steps_total, float(loss))
     return model.eval()
 
 
