@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nonuniform.ranking import json_safe  # noqa: F401 - re-exported for the commands
-
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
