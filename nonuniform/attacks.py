@@ -37,20 +37,22 @@ def pgd_minimize(
     restarts: int = 5,
     step_size: float = 0.1,
     seed: int | None = 0,
+    start: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Minimise ``objective`` over each box by signed-gradient steps projected onto the box.
 
     Steps are scaled per feature by the box width (``step_size * (upper - lower)``), so narrow
     and wide features move in proportion. The first restart starts at the centre, the others at
     uniform random points; the step size decays linearly. Returns the best point and value per
-    sample: ``(batch, *input_shape)`` and ``(batch,)``.
+    sample: ``(batch, *input_shape)`` and ``(batch,)``. ``start`` replaces the centre as the
+    first restart's starting point.
     """
     gen = torch.Generator(device=lower.device)
     if seed is not None:
         gen.manual_seed(seed)
     lower, upper = lower.detach(), upper.detach()
     width = upper - lower
-    best_x = (lower + upper) / 2
+    best_x = ((lower + upper) / 2 if start is None else start.detach()).clone()
     with torch.no_grad():
         best_v = objective(best_x)
     for r in range(restarts):
@@ -116,12 +118,27 @@ def falsify_boxes(
     steps: int = 50,
     corners: int = 128,
     seed: int = 0,
+    smoothing: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0),
 ) -> Falsification:
-    """PGD with restarts plus random corners against the margin of ``labels``."""
+    """PGD with restarts, random corners, and rounds of PGD on a smoothed copy of the network
+    (Softplus / log-sum-exp of increasing sharpness ``smoothing``; :mod:`.smoothed`), each round
+    starting from the best point so far. Every point is scored on the real network."""
+    from .smoothed import smoothed_forward
+
     obj = margin_objective(model, labels)
     x1, v1 = pgd_minimize(obj, lower, upper, steps=steps, restarts=restarts, seed=seed)
     x2, v2 = corner_minimize(obj, lower, upper, samples=corners, seed=seed)
     take2 = v2 < v1
-    point = torch.where(take2.reshape(-1, *([1] * (lower.dim() - 1))), x2, x1)
+    shape = (-1, *([1] * (lower.dim() - 1)))
+    point = torch.where(take2.reshape(shape), x2, x1)
     margin = torch.minimum(v1, v2)
+    smooth = smoothed_forward(model, tuple(lower.shape[1:]), lower.dtype, lower.device) if smoothing else None
+    for k, beta in enumerate(smoothing if smooth is not None else ()):
+        sobj = margin_objective(lambda x, beta=beta: smooth(x, beta), labels)
+        x, _ = pgd_minimize(sobj, lower, upper, steps=steps, restarts=1, seed=seed + 1 + k, start=point)
+        with torch.no_grad():
+            v = obj(x)
+        better = v < margin
+        point = torch.where(better.reshape(shape), x, point)
+        margin = torch.where(better, v, margin)
     return Falsification(margin < 0, margin, point)
