@@ -20,17 +20,8 @@ import numpy as np
 import torch
 
 from nonuniform import CertifiedBoxes, certify_boxes, load_dataset, load_model
-from nonuniform.explain import (
-    DeepLift,
-    InputXGradient,
-    IntegratedGradients,
-    Occlusion,
-    RandomRanking,
-    Saliency,
-    evaluate_ranking,
-    robustness_attribution,
-    uniform_attribution,
-)
+from nonuniform.explain import evaluate_ranking
+from nonuniform.explanations import baseline_rankings
 from nonuniform.plots import explanation_curves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,16 +76,7 @@ def main() -> None:
         sub = res.subset(np.isin(np.arange(len(res)), cert))
         model, _ = load_model(name)
         x, y, free = torch.tensor(sub.inputs), torch.tensor(sub.preds), torch.tensor(sub.free)
-        methods = {
-            "certified box (ours)": robustness_attribution(sub),
-            "uniform box (control)": uniform_attribution(sub),
-            "random": RandomRanking().attribute(x, y),
-            "saliency": Saliency(model).attribute(x, y),
-            "grad x input": InputXGradient(model).attribute(x, y),
-            "integrated gradients": IntegratedGradients(model).attribute(x, y),
-            "DeepLIFT": DeepLift(model).attribute(x, y),
-            "occlusion (4x4)": Occlusion(model).attribute(x, y),
-        }
+        methods = baseline_rankings(model, sub)  # the same rankings `nonuniform explain` compares
         scores = []
         for mname, imp in methods.items():
             s = evaluate_ranking(model, x, y, imp, free, mname, certified=mname.endswith("(ours)"))
