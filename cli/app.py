@@ -8,8 +8,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     add_completion=False,
@@ -62,11 +70,22 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def progress_bar() -> Progress:
+class RateColumn(ProgressColumn):
+    """Samples per second, once there is a rate to show."""
+
+    def render(self, task) -> Text:
+        return Text("" if not task.speed else f"{task.speed:.2f} samples/s")
+
+
+def progress_bar(certified: bool = False) -> Progress:
+    """A bar with done/total, elapsed and remaining time; ``certified`` adds the count of
+    certified samples (task field ``certified``) and the rate."""
+    extra = [TextColumn("certified {task.fields[certified]}"), RateColumn()] if certified else []
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.completed:.0f}/{task.total}"),
+        *extra,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

@@ -207,3 +207,29 @@ def resolve_model(model: str, device: str, input_shape=None, domain=None):
     dev = resolve_device(device)
     m, card = load_model(model, dev, input_shape=input_shape, domain=domain)
     return m, card, dev
+
+
+def parse_backend(backend: str, address: str | None, workers: int | None, gpus_per_worker: float):
+    """None for the local backend, else the :class:`~nonuniform.distributed.RayBackend` asked for;
+    Ray-only options without ``--backend ray`` are refused rather than silently ignored."""
+    from nonuniform.distributed import INSTALL_HINT, RayBackend
+
+    if backend not in ("local", "ray"):
+        raise UserError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local":
+        given = [n for n, v in (("--address", address), ("--workers", workers)) if v is not None]
+        if gpus_per_worker:
+            given.append("--gpus-per-worker")
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --backend ray")
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    if workers is not None:
+        check_positive(workers=workers)
+    try:
+        return RayBackend(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -16,6 +16,7 @@ from .app import (
     app,
     console,
     fmt,
+    one_line,
     out_console,
     progress_bar,
     results_table,
@@ -28,6 +29,7 @@ from .options import (
     check_positive,
     load_inputs,
     model_record,
+    parse_backend,
     parse_domain,
     parse_shape,
     resolve_model,
@@ -84,8 +86,20 @@ def certify(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
     ] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (this process) | ray (shards on a Ray cluster, same boxes).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto | ray://HOST:PORT (default: start one on this machine)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray: shards in flight at once (default: the cluster's CPUs).")
+    ] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="Ray: GPUs per worker (0: CPU).")] = 0.0,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
+    from nonuniform.distributed import RayUnavailable, ShardsFailed
     from nonuniform.runs import certify_run
 
     check_positive(batch_size=batch_size)
@@ -97,11 +111,16 @@ def certify(
             "in [0, 1]) or LO:HI per channel for normalised inputs"
         )
     check_dataset_matches(card, dataset)
+    ray = parse_backend(backend, address, workers, gpus_per_worker)
     x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
     check_data(x, y, len(card.class_names), dataset)
     saved = [0]
-    bar = progress_bar()
-    task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False)
+    bar = progress_bar(certified=True)
+    task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False, certified=0)
+
+    def on_saved(n: int, certified: int) -> None:
+        saved[0] = n
+        bar.update(task, certified=certified)
 
     def start(total: int, done: int) -> None:  # the run directory is ready: show the bar
         bar.update(task, completed=done)
@@ -113,8 +132,7 @@ def certify(
             net, card, x, y, idx, source, out,
             resume=resume, figures=figures, class_names=class_names,
             progress=lambda n: bar.advance(task, n),
-            on_saved=lambda n: saved.__setitem__(0, n),
-            on_start=start,
+            on_saved=on_saved, on_start=start, backend=ray,
             method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
             iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
         )  # fmt: skip
@@ -127,6 +145,10 @@ def certify(
             highlight=False,
         )
         raise typer.Exit(130) from None
+    except (RayUnavailable, ShardsFailed) as e:
+        bar.stop()
+        typer.echo(f"error: {one_line(e)}", err=True)
+        raise typer.Exit(1 if isinstance(e, ShardsFailed) else 2) from None
     finally:
         bar.stop()
     if report:

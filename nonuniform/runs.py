@@ -28,6 +28,7 @@ import numpy as np
 
 from .boxes import certify_boxes
 from .certified import BoxesFileError, CertifiedBoxes
+from .distributed import RayBackend, grid_batches, run_on_ray
 
 
 class RunError(ValueError):
@@ -136,6 +137,22 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _worker_model_spec(card) -> dict:
+    """What a Ray worker needs to load the same model by itself (never the module)."""
+    if not card.source or not card.sha256:
+        raise RunError(
+            f"the ray backend loads the model on every worker from its name or file; {card.name!r} "
+            "has neither (save it with a checkpoint or export it to ONNX first)"
+        )
+    domain = None if card.domain is None else [np.asarray(d, dtype=np.float64).tolist() for d in card.domain]
+    return {"source": card.source, "sha256": card.sha256, "input_shape": list(card.input_shape),
+            "domain": domain}  # fmt: skip
+
+
+def _numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
 def model_record(card) -> dict:
     """What identifies a model in results: name, source (path or embedded name), sha256."""
     return {
@@ -160,8 +177,9 @@ def certify_run(
     figures: bool = True,
     class_names=None,
     progress: Callable[[float], None] | None = None,
-    on_saved: Callable[[int], None] | None = None,
+    on_saved: Callable[[int, int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    backend: RayBackend | None = None,
     **options,
 ) -> tuple[CertifiedBoxes, dict]:
     """``certify_boxes`` into a run directory: each batch saved as it finishes, resumable, then
@@ -170,7 +188,12 @@ def certify_run(
     ``options`` are ``certify_boxes``'s (method, asymmetric, clip, per_logit, iterations,
     batch_size, device, seed, domain, ...); those that change a box are the run's identity.
     ``on_start(total, done)`` is called once the directory is ready (errors about it come
-    before); ``on_saved(n)`` is told how many samples are safely on disk after each batch.
+    before); ``on_saved(n, certified)`` is told how many samples are safely on disk (and how many
+    of them are certified) after each batch.
+
+    ``backend``: None certifies in this process; a :class:`~nonuniform.distributed.RayBackend`
+    runs shards of whole batches on a Ray cluster (same boxes, same parts: either backend can
+    resume the other's run). ``progress`` then advances by whole shards.
     """
     out = Path(out)
     record = model_record(card)
@@ -188,7 +211,7 @@ def certify_run(
         for k in range(len(part)):
             done[int(part.indices[k])] = part.subset(np.arange(len(part)) == k)
         if on_saved is not None:
-            on_saved(len(done))
+            on_saved(len(done), sum(int(b.certified[0]) for b in done.values()))
 
     writer = run.part_writer(saved)
 
@@ -198,7 +221,19 @@ def certify_run(
         writer(part)
 
     t0 = time.time()
-    if len(todo):
+    if len(todo) and backend is not None:
+
+        def shard_done(part: CertifiedBoxes) -> None:
+            annotate(part)
+            if progress is not None:
+                progress(len(part))
+
+        run_on_ray(
+            backend, _worker_model_spec(card), _numpy(inputs), None if labels is None else _numpy(labels),
+            np.asarray(indices), grid_batches(todo, options.get("batch_size", 25)),
+            {k: v for k, v in {**options, "domain": domain}.items() if k != "device"}, shard_done, out,
+        )  # fmt: skip
+    elif len(todo):
         certify_boxes(
             model,
             inputs[todo],
