@@ -45,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_cnn.md"))
+    ap.add_argument("--rows", nargs="+", default=["dense", "patches"], choices=["dense", "patches"])
     args = ap.parse_args()
     x, y = load_samples("mnist")
     cases = [("mnist-cnn-small", *load_model("mnist-cnn-small"), x, y, 32, 0.02, (0.0, 1.0))]
@@ -65,7 +66,7 @@ def main() -> None:
         xb = xs[:batch] if len(xs) >= batch else xs.repeat(-(-batch // len(xs)), *[1] * len(shape))[:batch]
         lo = torch.maximum(xb - r, torch.as_tensor(domain[0]))
         hi = torch.minimum(xb + r, torch.as_tensor(domain[1]))
-        for patches in (False, True):
+        for patches in [r == "patches" for r in args.rows]:
             engine.PATCHES = patches
             t0, t1 = bound_time(bm, lo, hi, False, 3), bound_time(bm, lo, hi, True, 3)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

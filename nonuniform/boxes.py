@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .bounds import BoundedModel, margin_spec
 from .certified import BoxesFileError, CertifiedBoxes
 from .finalise import finalise, proved_margin, uniform_radius
-from .optimiser import optimise, shaped_start
+from .optimiser import optimise, polish, shaped_start
 from .problem import MIN_RADIUS, CertifyConfig, Problem, domain_tensors, radii
 
 
@@ -159,13 +159,15 @@ def _certify_batch(
         rho0[start[gain]] = shaped[gain]
     active = u_ok.clone()
     tick(0.25)  # uniform radius and warm start
-    best_rho, iters = optimise(p, rho0, active, lambda: tick(0.65 / max(cfg.iterations, 1)))
+    best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(0.65 / max(cfg.iterations, 1)))
     lower, upper = u_lo.clone(), u_hi.clone()
     certified = u_ok.clone()
     margin = torch.full((b,), float("nan"), dtype=x0.dtype, device=x0.device)
     used_uniform = u_ok.clone()
     opt_idx = u_ok.nonzero().squeeze(1)
     if len(opt_idx):
+        if cfg.polish:
+            best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], last_rho[opt_idx])
         r_lo, r_hi = radii(p, best_rho[opt_idx])
         lo_, hi_, ok_, _, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """The uniform baseline and the final proof of every box.
 
-``largest_scale`` finds, by bisection, the largest certified scale of a box shape (the uniform
+``largest_scale`` finds, by a bracketed search, the largest certified scale of a box shape (the uniform
 radius is the scale of the flat shape); ``finalise`` re-proves each returned box with a fresh,
 tape-free bound in the check dtype and shrinks failures on a common log-scale.
 """
@@ -16,43 +16,104 @@ from .bounds import BoundedModel
 from .problem import Problem, radii
 
 
-def largest_scale(p: Problem, idx: Tensor, log_shape: Tensor) -> Tensor:
+def largest_scale(
+    p: Problem,
+    idx: Tensor,
+    log_shape: Tensor,
+    guess: Tensor | None = None,
+    method: str | None = None,
+    step: float = math.log(4.0),
+) -> Tensor:
     """Largest certified log-scale t per sample for the box with log-radii ``t + log_shape``
-    (``log_shape``: (n, *input_shape), or (n, 2, *input_shape) for asymmetric radii), by
-    bisection to a relative tolerance ``uniform_rtol``; -inf where even the smallest box fails."""
+    (``log_shape``: (n, *input_shape), or (n, 2, *input_shape) for asymmetric radii), to a
+    relative tolerance ``uniform_rtol``; -inf where even the smallest box fails.
+
+    Why not plain bisection: each step is a full bound call (seconds on a CNN), and bisection over
+    the whole range of radii (1e-7 to the domain's span) needs ~17 of them. Here the search starts
+    at ``guess`` (default: the middle of the range), steps out by ``step``, doubling, until the
+    threshold is bracketed, halves the bracket in log-space while it spans more than a factor 4,
+    then uses Illinois (regula falsi) steps on the margin as a function of the radius, which is
+    close to linear inside such a bracket: 6-8 calls instead of 17. Only samples still searching
+    are bounded. The margin is assumed monotone in the scale, as bisection also assumes.
+    """
     cfg = p.cfg
     x0, spec = p.x0[idx], p.spec[idx]
-    n = len(idx)
-    shape = (n,) + (1,) * (log_shape.dim() - 1)
-
-    def ok(t: Tensor) -> Tensor:
-        rho = (t.reshape(shape) + log_shape).clamp(p.log_min, p.log_max)
-        with torch.no_grad():
-            lo, hi = p.box(*radii(p, rho), x0)
-            return (p.margins(lo, hi, spec) >= cfg.delta).all(1)
-
+    n, dev, dt = len(idx), x0.device, x0.dtype
     span = log_shape.flatten(1)
-    lo_t = torch.full((n,), p.log_min, dtype=x0.dtype, device=x0.device) - span.max(1).values
-    hi_t = torch.full((n,), p.log_max, dtype=x0.dtype, device=x0.device) - span.min(1).values
-    top, bottom = ok(hi_t), ok(lo_t)
-    while True:
-        open_ = ~top & bottom & ((hi_t - lo_t) > math.log1p(cfg.uniform_rtol))
-        if not open_.any():
+    t_min = p.log_min - span.max(1).values
+    t_max = p.log_max - span.min(1).values
+
+    def slack(t: Tensor, sel: Tensor) -> Tensor:  # min margin bound - delta (>= 0: certified)
+        rho = (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape[sel]).clamp(p.log_min, p.log_max)
+        with torch.no_grad():
+            lo, hi = p.box(*radii(p, rho), x0[sel])
+            return p.margins(lo, hi, spec[sel], method=method).min(1).values - cfg.delta
+
+    inf = torch.full((n,), math.inf, dtype=dt, device=dev)
+    a, b = -inf, inf.clone()  # largest certified scale, smallest refuted scale
+    ga, gb = torch.zeros_like(a), torch.zeros_like(a)  # their slacks (Illinois-weighted)
+    side = torch.zeros(n, dtype=torch.long, device=dev)  # last side moved: 1 = a, -1 = b
+    steps = torch.zeros_like(a)  # outward steps taken (step size log 4 * 2^k)
+    t0 = ((t_min + t_max) / 2 if guess is None else guess.to(dt)).clamp(t_min, t_max)
+    tol = math.log1p(cfg.uniform_rtol)
+    for _ in range(64):
+        lo_known, hi_known = torch.isfinite(a), torch.isfinite(b)
+        done = (
+            (lo_known & hi_known & (b - a <= tol)) | (~lo_known & (b <= t_min)) | (~hi_known & (a >= t_max))
+        )
+        if done.all():
             break
-        mid = (lo_t + hi_t) / 2
-        good = ok(mid)
-        lo_t = torch.where(open_ & good, mid, lo_t)
-        hi_t = torch.where(open_ & ~good, mid, hi_t)
-    t = torch.where(top, hi_t, lo_t)
-    return torch.where(bottom | top, t, torch.full_like(t, -math.inf))
+        out = step * 2.0**steps
+        ra, rb = a.clamp(max=60).exp(), b.clamp(max=60).exp()
+        illinois = torch.log(ra + (rb - ra) * ga / (ga - gb).clamp(min=1e-30))
+        # Snapped to a grid of tol/16, so rounding noise in the margins (which differs with the
+        # batch a sample is in) rarely changes the points tried, hence the result.
+        illinois = torch.round(illinois / (tol / 16)) * (tol / 16)
+        inside = (illinois > a) & (illinois < b)
+        illinois = torch.where(inside, illinois, (a + b) / 2)
+        t = torch.where(
+            ~lo_known & ~hi_known,
+            t0,
+            torch.where(
+                ~lo_known,
+                (b - out).clamp(min=t_min),
+                torch.where(
+                    ~hi_known,
+                    (a + out).clamp(max=t_max),
+                    torch.where(b - a > math.log(4.0), (a + b) / 2, illinois),
+                ),
+            ),
+        )
+        sel = (~done).nonzero().squeeze(1)
+        g = slack(t[sel], sel)
+        good = torch.zeros(n, dtype=torch.bool, device=dev)
+        bad = torch.zeros_like(good)
+        good[sel], bad[sel] = g >= 0, g < 0
+        val = torch.zeros_like(a)
+        val[sel] = g.to(dt)
+        steps = torch.where(lo_known ^ hi_known, steps + 1, steps)
+        # Illinois: when the same end moves twice in a row, halve the other end's weight.
+        gb = torch.where(good & (side == 1), gb / 2, gb)
+        ga = torch.where(bad & (side == -1), ga / 2, ga)
+        a, ga = torch.where(good, t, a), torch.where(good, val, ga)
+        b, gb = torch.where(bad, t, b), torch.where(bad, val, gb)
+        side = torch.where(good, 1, torch.where(bad, -1, side))
+    return torch.where(torch.isfinite(a), a, torch.full_like(a, -math.inf))
 
 
 def uniform_radius(p: Problem, idx: Tensor) -> Tensor:
-    """Largest certified uniform radius per sample (0 where even the smallest radius fails)."""
+    """Largest certified uniform radius per sample (0 where even the smallest radius fails).
+
+    The search starts from the interval (IBP) radius: it costs almost nothing, and every linear
+    method's bound is at least IBP's, so it is a lower end the real search only moves up from.
+    """
     x0 = p.x0[idx]
     flat = torch.zeros_like(x0)
-    t = largest_scale(p, idx, torch.stack([flat, flat], 1) if p.cfg.asymmetric else flat)
-    return t.exp()
+    shape = torch.stack([flat, flat], 1) if p.cfg.asymmetric else flat
+    guess = largest_scale(p, idx, shape, method="ibp") if p.cfg.method != "ibp" else None
+    if guess is not None:
+        guess = torch.where(torch.isfinite(guess), guess, torch.full_like(guess, p.log_min))
+    return largest_scale(p, idx, shape, guess).exp()
 
 
 def proved_margin(p: Problem, check_bm: BoundedModel, lo: Tensor, hi: Tensor, idx: Tensor) -> Tensor:

@@ -92,6 +92,33 @@ def _windows(maps: Tensor, ph: int, pw: int, stride, offset, out_hw, pos: Tensor
     return picked.permute(0, 2, 1).reshape(n, col.shape[1], c, ph, pw)
 
 
+#: Largest transposed convolution (input x output elements of one patch) applied as one matrix.
+UNROLL_LIMIT = 2**22
+
+
+def _transpose(op: ConvOp, patch: Tensor) -> Tensor:
+    """The transposed convolution of patches ``(N, C_out, ph, pw)``.
+
+    Why a matrix: patches are tiny (e.g. 16x4x4) and there are tens of thousands of them, where
+    ``conv_transpose2d`` spends its time in per-call overhead; as a dense (in x out) matrix --
+    built once per op and patch size by transposing the unit patches -- it is one matmul (~10x
+    faster on mnist-cnn-small). Large patches keep the convolution.
+    """
+    n, c, ph, pw = patch.shape
+    kh, kw = op.weight.shape[-2:]
+    oh, ow = (ph - 1) * op.stride[0] + kh, (pw - 1) * op.stride[1] + kw
+    c_in = op.weight.shape[1] * op.groups
+    if c * ph * pw * c_in * oh * ow > UNROLL_LIMIT:
+        return F.conv_transpose2d(patch, op.weight, None, op.stride, 0, 0, op.groups)
+    cache = op.__dict__.setdefault("_unrolled", {})
+    key = (ph, pw, patch.dtype, patch.device)
+    if key not in cache:
+        eye = torch.eye(c * ph * pw, dtype=patch.dtype, device=patch.device).reshape(-1, c, ph, pw)
+        w = op.weight.detach().to(patch.dtype)
+        cache[key] = F.conv_transpose2d(eye, w, None, op.stride, 0, 0, op.groups).reshape(c * ph * pw, -1)
+    return (patch.reshape(n, -1) @ cache[key]).reshape(n, c_in, oh, ow)
+
+
 def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper: Tensor) -> Tensor | None:
     """Lower bounds of ``sign * z[n]`` for the rows ``rows`` (B, K) = signed one-hot neuron
     indices into the output of ``ops[src]`` (value ``n + 1`` for +z_n, ``-(n + 1)`` for -z_n).
@@ -122,10 +149,7 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
                 valid = _windows(torch.ones(1, 1, *op.out_shape[1:], dtype=lower.dtype, device=lower.device),
                                  ph, pw, stride, offset, (ho, wo), pos)  # fmt: skip
                 bias = bias + ((patch * valid).sum((-2, -1)) * op.bias).sum(-1)
-            c_out = patch.shape[2]
-            patch = F.conv_transpose2d(
-                patch.reshape(b * k, c_out, ph, pw), op.weight, None, op.stride, 0, 0, op.groups
-            )
+            patch = _transpose(op, patch.reshape(b * k, *patch.shape[2:]))
             patch = patch.reshape(b, k, *patch.shape[1:])
             offset = (offset[0] * op.stride[0] + op.padding[0], offset[1] * op.stride[1] + op.padding[1])
             stride = (stride[0] * op.stride[0], stride[1] * op.stride[1])
@@ -134,6 +158,12 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
             patch = patch * _windows(inside, ph, pw, stride, offset, (ho, wo), pos)
         else:
             r: LinearRelaxation = relax[j]
+            if r.zero_lower_bias:  # ReLU-like: the same numbers in fewer passes (as in r.backward)
+                maps = [t[:, 0] for t in (r.lower_slope, r.upper_slope, r.upper_bias)]
+                ls, us, ub = (_windows(t, ph, pw, stride, offset, (ho, wo), pos) for t in maps)
+                bias = bias + (patch.clamp(max=0) * ub).flatten(2).sum(-1)
+                patch = patch * torch.where(patch >= 0, ls, us)
+                continue
             maps = [t[:, 0] for t in (r.lower_slope, r.upper_slope, r.lower_bias, r.upper_bias)]
             ls, us, lb, ub = (_windows(t, ph, pw, stride, offset, (ho, wo), pos) for t in maps)
             pos_p, neg_p = patch.clamp(min=0), patch.clamp(max=0)

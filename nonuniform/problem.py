@@ -46,6 +46,7 @@ class CertifyConfig:
     uniform_rtol: float = 1e-3  # relative tolerance of the uniform-radius bisection
     shrink_steps: int = 14
     shaped_start: bool = True  # warm start from the linearised problem (see shaped_start)
+    polish: bool = True  # scale the optimised shapes to their largest certified scale (see polish)
     alpha_steps: int = 5  # alpha-CROWN slope steps per bound call during optimisation
     alpha_steps_check: int = 20  # ... and in the final check
 
@@ -91,14 +92,16 @@ class Problem:
         width = (hi - lo).flatten(1)[:, self.free.flatten()]
         return torch.log(width.clamp(min=1e-30)).mean(1)
 
-    def margins(self, lo: Tensor, hi: Tensor, spec: Tensor, bm=None, alpha_steps=None) -> Tensor:
-        """Lower bounds of the margins: (batch, classes - 1)."""
+    def margins(
+        self, lo: Tensor, hi: Tensor, spec: Tensor, bm=None, alpha_steps=None, method: str | None = None
+    ) -> Tensor:
+        """Lower bounds of the margins: (batch, classes - 1); ``method`` overrides the setting."""
         bm = bm or self.bm
         lb, _ = bm.bounds(
             lo,
             hi,
             spec,
-            self.cfg.method,
+            method or self.cfg.method,
             per_logit=self.cfg.per_logit,
             bound_upper=False,
             alpha_steps=self.cfg.alpha_steps if alpha_steps is None else alpha_steps,

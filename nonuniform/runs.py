@@ -7,7 +7,9 @@ A run directory holds
 * ``parts/batch_NNNNN.npz`` -- one :class:`~nonuniform.certified.CertifiedBoxes` per finished
   batch, written atomically (temporary file, then rename), so a killed run never leaves half a
   part behind;
-* ``boxes.npz`` and ``summary.json`` -- the assembled result, written when the run completes.
+* ``boxes.npz`` and ``summary.json`` -- the assembled result, written when the run completes;
+* ``ray_shards.json`` -- with the Ray backend: host, pid, seconds, samples and peak RSS of every
+  shard of the last session.
 
 Resuming (:meth:`RunDir.open` with ``resume=True``) refuses a run whose identity differs, naming
 each difference, and recomputes the samples of a part that cannot be read (the part is moved to
@@ -228,11 +230,13 @@ def certify_run(
             if progress is not None:
                 progress(len(part))
 
-        run_on_ray(
+        shards = run_on_ray(
             backend, _worker_model_spec(card), _numpy(inputs), None if labels is None else _numpy(labels),
             np.asarray(indices), grid_batches(todo, options.get("batch_size", 25)),
             {k: v for k, v in {**options, "domain": domain}.items() if k != "device"}, shard_done, out,
         )  # fmt: skip
+        # where each shard ran, how long it took and the worker's peak memory (this session's shards)
+        atomic_write_bytes(out / "ray_shards.json", json.dumps(shards, indent=1).encode())
     elif len(todo):
         certify_boxes(
             model,
