@@ -86,7 +86,8 @@ def main() -> None:
                 if s.certified_complement is not None
                 else ""
             )
-            lines.append(f"| {name} | {mname} | {s.auc_s_r:.4f} | {s.auc_s_r_complement:.4f} | {cc} |")
+            label = mname.replace("|", "\\|")  # Captum's names carry |...| (absolute values)
+            lines.append(f"| {name} | {label} | {s.auc_s_r:.4f} | {s.auc_s_r_complement:.4f} | {cc} |")
             print(lines[-1], flush=True)
         explanation_curves(scores, OUT / f"explain_curves_{name}.png")
         best_sr = min(scores, key=lambda s: s.auc_s_r).method
