@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
@@ -100,39 +99,31 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Train a model (normally or adversarially) and save a checkpoint with its card."""
-    from nonuniform.data import dataset_info, load_dataset
-    from nonuniform.models import ModelCard, build_model, save_checkpoint
-    from nonuniform.train import TrainConfig, evaluate
-    from nonuniform.train import train as train_model
+    from nonuniform.data import dataset_info
+    from nonuniform.train import TrainConfig, train_checkpoint
 
     check_positive(batch_size=batch_size, epochs=epochs)
     check_positive(pgd_steps=pgd_steps, allow_zero=True)
     check_writable_file(out)  # fail now, not after training
     info = dataset_info(dataset)
-    torch.manual_seed(seed)  # the initial weights too: `train --seed S` is reproducible
-    net = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
-    tr = load_dataset(info.name, "train", data_dir)
-    te = load_dataset(info.name, "test", data_dir)
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed
     )
-    steps_per_epoch = -(-len(tr.labels) // batch_size)
-    with progress_bar() as bar:
-        task = bar.add_task(f"training {arch}", total=epochs * steps_per_epoch)
-
-        def report(step: int, total: int, loss: float) -> None:
-            bar.update(task, completed=step)
-            if not console.is_terminal and step % steps_per_epoch == 0:  # a line per epoch in logs
-                console.print(f"epoch {step // steps_per_epoch}/{epochs}: loss {loss:.4f}", markup=False)
-
-        train_model(net, tr.inputs, tr.labels, cfg, progress=report)
-    metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
     command = (
         f"nonuniform train --arch {arch} --dataset {info.name} --epochs {epochs} --adv-eps {adv_eps} "
         f"--pgd-steps {pgd_steps} --lr {lr} --batch-size {batch_size} --seed {seed} --out {out}"
     )
-    card = ModelCard.for_training(out.stem, arch, info, cfg, metrics, command)
-    save_checkpoint(net, card, out)
+    with progress_bar() as bar:
+        task = bar.add_task(f"training {arch}", total=None)
+
+        def report(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total)
+            per_epoch = max(1, total // epochs)
+            if not console.is_terminal and step % per_epoch == 0:  # a line per epoch in logs
+                console.print(f"epoch {step // per_epoch}/{epochs}: loss {loss:.4f}", markup=False)
+
+        _, card = train_checkpoint(arch, info.name, out, cfg, data_dir, progress=report, command=command)
+    metrics = card.metrics
     if json_out:
         out_console.print_json(json.dumps({"checkpoint": str(out), "metrics": metrics}))
     else:

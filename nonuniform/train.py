@@ -140,3 +140,32 @@ def fit_full_batch(
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def train_checkpoint(
+    arch: str,
+    dataset: str,
+    out,
+    config: TrainConfig,
+    data_dir=None,
+    progress: Callable[[int, int, float], None] | None = None,
+    command: str = "",
+):
+    """Build ``arch`` for ``dataset``, train it (normally or with PGD), evaluate it on the test set
+    (clean and PGD accuracy at eps 0.1) and save a checkpoint with its card at ``out``.
+    Returns ``(model, card)``. Seeded by ``config.seed``, initial weights included."""
+    from pathlib import Path
+
+    from .data import dataset_info, load_dataset
+    from .models import ModelCard, build_model, save_checkpoint
+
+    info = dataset_info(dataset)
+    torch.manual_seed(config.seed)  # the initial weights too: the same seed, the same model
+    net = build_model(arch, info.input_shape, len(info.class_names), info.mean, info.std)
+    tr = load_dataset(info.name, "train", data_dir)
+    te = load_dataset(info.name, "test", data_dir)
+    train(net, tr.inputs, tr.labels, config, progress=progress)
+    metrics = evaluate(net, te.inputs, te.labels, eps=0.1)
+    card = ModelCard.for_training(Path(out).stem, arch, info, config, metrics, command)
+    save_checkpoint(net, card, Path(out))
+    return net, card
