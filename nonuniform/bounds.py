@@ -107,12 +107,20 @@ class BoundedModel:
         return to_network(model, input_shape, dtype, device)
 
     # -- forward sweep ------------------------------------------------------------------
-    def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> BoundState:
+    def propagate(
+        self, lower: Tensor, upper: Tensor, method: str = "crown", splits: dict[int, Tensor] | None = None
+    ) -> BoundState:
         """Intermediate bounds and relaxations of every nonlinear op for the boxes.
 
         Each op's output interval comes from its inputs' intervals. The input of a nonlinear op
         is tightened by CROWN when it is computed by an affine op whose interval is not already
         exact (an interval through one mixing map of the box is exact).
+
+        ``splits`` (branch-and-bound, :mod:`.bab`): for a ReLU-family op index, an int8 tensor
+        shaped like its input (batch first) with +1 where the sub-problem assumes z >= 0 and -1
+        where it assumes z <= 0; those pre-activation bounds are clipped at 0. The bounds then
+        hold on the box intersected with those half-spaces, which is all a branch needs; a
+        clipped interval with l > u means that intersection is empty.
         """
         _check_method(method)
         mode = "fastlin" if method == "fastlin" else "crown"
@@ -135,6 +143,11 @@ class BoundedModel:
                 l, u = self._tighten(i, l, u, relax, lower, upper, iv)
                 iv[src] = (l, u)
                 tightened.add(src)
+            if splits is not None and i in splits:
+                side = splits[i]
+                l, u = torch.where(side > 0, l.clamp(min=0), l), torch.where(side < 0, u.clamp(max=0), u)
+                if isinstance(ops[src], AffineOp):
+                    iv[src] = (l, u)
             pre[i] = (l, u)
             if method != "ibp":
                 relax[i] = op.relaxation.relax(l, u, mode)

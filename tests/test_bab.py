@@ -1,0 +1,88 @@
+"""Branch-and-bound: never proves a box that MILP refutes, proves more than CROWN, and a missing
+branch is caught by the same checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nonuniform.bab as bab
+from nonuniform.bab import bab_prove
+from nonuniform.bounds import BoundedModel, margin_spec
+from nonuniform.exact import verify_box_milp
+
+from .nets import mlp
+
+
+def toy(seed: int):
+    model = mlp(nn.ReLU(), sizes=(2, 16, 16, 3), seed=seed).double().eval()
+    x = torch.rand(1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    pred = model(x).argmax(1)
+    return model, BoundedModel(model, (2,), torch.float64), x, pred, margin_spec(pred, 3).double()
+
+
+def milp_radius(model, x, pred, steps: int = 9) -> tuple[float, float]:
+    """(robust, refuted) uniform radii by MILP, ~1.5% apart (bisection in log-space)."""
+    lo, hi = 1e-3, 2.0
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        robust = (
+            verify_box_milp(model, (x - mid)[0], (x + mid)[0], int(pred), time_limit=30).status == "robust"
+        )
+        lo, hi = (mid, hi) if robust else (lo, mid)
+    return lo, hi
+
+
+def crown_proves(bm, x, r, spec) -> bool:
+    lb, _ = bm.bounds(x - r, x + r, spec, "crown", bound_upper=False)
+    return bool(lb.min() > 0)
+
+
+@pytest.fixture(scope="module")
+def toys():
+    out = []
+    for seed in range(3):
+        model, bm, x, pred, spec = toy(seed)
+        out.append((model, bm, x, pred, spec, *milp_radius(model, x, pred)))
+    return out
+
+
+def violations(toys, scales=(0.8, 0.95, 1.05, 1.3)) -> tuple[int, int, int]:
+    """(boxes BaB proved at or beyond MILP's refuted radius, boxes proved, of which CROWN could not)."""
+    bad = proved = gained = 0
+    for _model, bm, x, _pred, spec, lo_r, hi_r in toys:
+        for scale in scales:
+            r = (lo_r if scale < 1 else hi_r) * scale
+            res = bab_prove(bm, x - r, x + r, spec, 1e-6, time_budget=1.5)
+            if res.proved[0]:
+                proved += 1
+                gained += not crown_proves(bm, x, r, spec)
+                bad += r >= hi_r  # MILP found a counterexample at hi_r <= r
+    return bad, proved, gained
+
+
+def test_bab_never_proves_what_milp_refutes_and_proves_more_than_crown(toys):
+    bad, proved, gained = violations(toys)
+    assert bad == 0
+    assert gained >= 3, (proved, gained)  # boxes between CROWN's and MILP's radius
+
+
+def test_a_dropped_branch_is_caught(toys, monkeypatch):
+    monkeypatch.setattr(bab, "SIDES", (1,))  # every split keeps only z >= 0: unsound on purpose
+    bad, _, _ = violations(toys, scales=(1.05, 1.3))
+    assert bad > 0
+
+
+def test_bab_result_per_sample_and_float64_only():
+    model, bm, x, pred, spec = toy(1)
+    xs = torch.cat([x, x])
+    r = torch.tensor([[0.01], [5.0]], dtype=torch.float64)  # tiny box: proved at once; huge: not
+    res = bab_prove(bm, xs - r, xs + r, spec.expand(2, -1, -1), 1e-6, time_budget=1.0)
+    assert res.proved.tolist() == [True, False]
+    assert int(res.leaves[0]) == 1 and int(res.leaves[1]) > 1
+    assert bool(res.timed_out[1] | res.exhausted[1])
+    with pytest.raises(ValueError, match="float64"):
+        bab_prove(BoundedModel(model.float(), (2,)), x.float() - 0.1, x.float() + 0.1, spec.float(), 0.0)
