@@ -31,6 +31,9 @@ def vnnlib(
     net: Annotated[Path, typer.Argument(help="The network (.onnx, or any model `certify` takes).")],
     prop: Annotated[Path, typer.Argument(help="The VNN-LIB property (.vnnlib).")],
     timeout: Annotated[float, typer.Option(help="Seconds for the whole decision.")] = 60.0,
+    bab: Annotated[
+        bool, typer.Option(help="Branch-and-bound on what bounds and attacks leave open (ReLU nets).")
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Write the VNN-COMP result file here.")] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="Per-sample input shape when the file leaves it open.")
@@ -41,7 +44,7 @@ def vnnlib(
     from nonuniform.vnnlib import decide, parse_vnnlib
 
     model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
-    result = decide(model, parse_vnnlib(prop), card.input_shape, timeout)
+    result = decide(model, parse_vnnlib(prop), card.input_shape, timeout, bab=bab)
     if out is not None:
         out.write_text(result.vnncomp_text())
     if json_out:

@@ -97,6 +97,10 @@ def certify(
         int | None, typer.Option(help="Ray: shards in flight at once (default: the cluster's CPUs).")
     ] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="Ray: GPUs per worker (0: CPU).")] = 0.0,
+    bab: Annotated[
+        bool, typer.Option(help="Grow each box further by branch-and-bound (ReLU nets; slower).")
+    ] = False,
+    bab_time: Annotated[float, typer.Option(help="Seconds of branch-and-bound per sample.")] = 10.0,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform.distributed import RayUnavailable, ShardsFailed
@@ -135,6 +139,7 @@ def certify(
             on_saved=on_saved, on_start=start, backend=ray,
             method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
             iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
+            **({"bab": True, "bab_time": bab_time} if bab else {}),
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.stop()
@@ -180,6 +185,11 @@ def verify(
         bool, typer.Option(help="Also decide each box exactly by MILP (small ReLU nets).")
     ] = False,
     milp_time_limit: Annotated[float, typer.Option(help="Seconds per box for the MILP.")] = 60.0,
+    bab: Annotated[
+        bool | None,
+        typer.Option(help="Branch-and-bound for boxes one bound cannot prove (default: if certified so)."),
+    ] = None,
+    bab_time: Annotated[float | None, typer.Option(help="Seconds of branch-and-bound per box.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -210,6 +220,8 @@ def verify(
             corners=corners,
             milp=milp,
             milp_time_limit=milp_time_limit,
+            bab=bab,
+            bab_time=bab_time,
             device=dev,
             progress=lambda k: bar.update(task, advance=k),
         )
@@ -226,6 +238,7 @@ def verify(
             f"{report.certified} certified boxes checked: malformed {len(report.malformed)}, fresh bound "
             f"failures {len(report.bound_failures)}, attack counterexamples {len(report.attack_failures)}"
             + (f", MILP {milp_counts}" if milp else "")
+            + (f", proved by branch-and-bound {len(report.bab_proved)}" if report.bab_proved else "")
         )
         out_console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
     if not report.ok:

@@ -203,4 +203,62 @@ def _out_weight(bm: BoundedModel, i: int, size: int) -> Tensor:
     return cache[i]
 
 
-__all__ = ["BabResult", "bab_prove", "split_ops"]
+def grow_boxes(
+    bm: BoundedModel,
+    x0: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    spec: Tensor,
+    box,
+    threshold: float,
+    time_budget: float,
+    scales: tuple[float, ...] = (1.02, 1.05, 1.1, 1.2, 1.4, 2.0),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Grow certified boxes by the largest factor in ``scales`` that branch-and-bound proves.
+
+    Each sample's half-widths (below and above ``x0``) are scaled by 1.02, 1.05, ... in turn,
+    ``box(r_lo, r_hi, x0)`` applies the input domain, and the first factor BaB cannot prove
+    within its share of ``time_budget`` (per sample, split evenly) ends the search; the larger of
+    its neighbours is then tried once more half-way. Returns the new lower and upper ends, the
+    proved margin, the leaves of the proof (0 where the box did not grow) and the scale applied.
+    """
+    n = x0.shape[0]
+    lower, upper = lower.clone(), upper.clone()
+    margin = torch.full((n,), float("nan"), dtype=bm.net.dtype, device=x0.device)
+    leaves = torch.zeros(n, dtype=torch.long, device=x0.device)
+    applied = torch.ones(n, dtype=bm.net.dtype, device=x0.device)
+    share = time_budget / (len(scales) + 1)
+    for k in range(n):
+        c = x0[k : k + 1]
+        found = _grow_one(bm, c, c - lower[k : k + 1], upper[k : k + 1] - c, spec[k : k + 1], box,
+                          threshold, share, scales)  # fmt: skip
+        if found is not None:
+            lower[k : k + 1], upper[k : k + 1], margin[k], leaves[k], applied[k] = found
+    return lower, upper, margin, leaves, applied
+
+
+def _grow_one(bm, c, r_lo, r_hi, spec, box, threshold, share, scales):
+    """The largest proved scaling of one box (see :func:`grow_boxes`), or None."""
+    dt = bm.net.dtype
+    best = None
+
+    def attempt(s: float) -> bool:
+        nonlocal best
+        lo_s, hi_s = box(r_lo * s, r_hi * s, c)
+        res = bab_prove(bm, lo_s.to(dt), hi_s.to(dt), spec.to(dt), threshold, time_budget=share)
+        if res.proved[0]:
+            best = (lo_s, hi_s, res.margin[0], res.leaves[0], s)
+        return bool(res.proved[0])
+
+    good, bad = 1.0, None
+    for s in scales:
+        if not attempt(s):
+            bad = s
+            break
+        good = s
+    if bad is not None and bad / good > 1.02:
+        attempt((good * bad) ** 0.5)
+    return best
+
+
+__all__ = ["BabResult", "bab_prove", "grow_boxes", "split_ops"]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .bab import grow_boxes, split_ops
 from .bounds import BoundedModel, margin_spec
 from .certified import BoxesFileError, CertifiedBoxes
 from .finalise import finalise, proved_margin, uniform_radius
@@ -88,6 +89,8 @@ def certify_boxes(
     batch_size = _affordable_batch(bm, batch_size, device)
     check_dt = {"float64": torch.float64, "float32": torch.float32}[cfg.check_dtype]
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
+    if cfg.bab and not (hasattr(check_bm.net, "ops") and split_ops(check_bm)):
+        raise ValueError("bab=True splits ReLU/LeakyReLU neurons of feedforward models; this model has none")
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
     settings = {**asdict(cfg), "input_shape": list(shape), "batch_size": batch_size, "seed": seed}
     settings["domain"] = [torch.as_tensor(d, dtype=torch.float64).tolist() for d in cfg.domain]
@@ -182,6 +185,15 @@ def _certify_batch(
     if len(cert_idx):
         margin[cert_idx] = proved_margin(p, check_bm, lower[cert_idx], upper[cert_idx], cert_idx)
         assert (margin[cert_idx] >= cfg.check_margin).all(), "internal error: unsound box"
+        if cfg.bab:  # grow further where branch-and-bound proves it (every leaf in float64)
+            c = cert_idx
+            lo_g, hi_g, m_g, leaves, _ = grow_boxes(
+                check_bm, x0[c], lower[c], upper[c], p.spec[c], p.box, cfg.check_margin, cfg.bab_time
+            )
+            grown = leaves > 0
+            assert (m_g[grown] >= cfg.check_margin).all(), "internal error: unsound BaB box"
+            g = cert_idx[grown]
+            lower[g], upper[g], margin[g] = lo_g[grown], hi_g[grown], m_g[grown].to(margin.dtype)
     with torch.no_grad():
         lv_final = p.mean_log_width(lower, upper) * p.n_free
         half = ((upper - lower) / 2).flatten(1)[:, p.free.flatten()]

@@ -47,12 +47,19 @@ class CertifyConfig:
     shrink_steps: int = 14
     shaped_start: bool = True  # warm start from the linearised problem (see shaped_start)
     polish: bool = True  # scale the optimised shapes to their largest certified scale (see polish)
+    # Branch-and-bound growth (nonuniform.bab.grow_boxes): each certified box is scaled up by the
+    # largest factor BaB proves in float64 within `bab_time` seconds per sample. Boxes then
+    # depend on the machine's speed (a time budget).
+    bab: bool = False
+    bab_time: float = 10.0
     alpha_steps: int = 5  # alpha-CROWN slope steps per bound call during optimisation
     alpha_steps_check: int = 20  # ... and in the final check
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown bound method '{self.method}'; choose one of {METHODS}")
+        if self.bab and self.check_dtype != "float64":
+            raise ValueError("bab=True proves its leaves in float64: keep check_dtype='float64'")
         lo, hi = (np.asarray(d, dtype=np.float64) for d in self.domain)
         if (lo > hi).any():
             raise ValueError(f"domain: lower end above upper end in {int((lo > hi).sum())} features")

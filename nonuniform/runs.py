@@ -199,7 +199,7 @@ def certify_run(
     """
     out = Path(out)
     record = model_record(card)
-    identity_keys = ("method", "asymmetric", "clip", "per_logit", "iterations", "seed")
+    identity_keys = ("method", "asymmetric", "clip", "per_logit", "iterations", "seed", "bab", "bab_time")
     identity = {k: options[k] for k in identity_keys if k in options}
     domain = options.get("domain", card.domain)
     identity["domain"] = [np.asarray(d, dtype=np.float64).tolist() for d in domain]

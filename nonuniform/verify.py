@@ -32,6 +32,7 @@ class VerifyReport:
     bound_failures: list[int] = field(default_factory=list)  # fresh float64 bound <= 0
     attack_failures: list[int] = field(default_factory=list)  # a counterexample was found
     milp: dict[int, str] = field(default_factory=dict)  # status per sample when MILP ran
+    bab_proved: list[int] = field(default_factory=list)  # one bound failed, branch-and-bound proved
 
     @property
     def ok(self) -> bool:
@@ -55,10 +56,17 @@ def verify_boxes(
     corners: int = 256,
     milp: bool = False,
     milp_time_limit: float = 60.0,
+    bab: bool | None = None,
+    bab_time: float | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Check every certified box of ``boxes`` against ``model`` (see the module docstring)."""
+    """Check every certified box of ``boxes`` against ``model`` (see the module docstring).
+
+    ``bab``: boxes that one fresh bound cannot prove get a branch-and-bound proof in float64
+    (:mod:`.bab`, ``bab_time`` seconds each) before they count as bound failures. Default: on
+    when the boxes were certified with ``bab=True`` (their growth was proved that way).
+    """
     cert = np.nonzero(boxes.certified)[0]
     report = VerifyReport(boxes=len(boxes), certified=len(cert))
     if not len(cert):
@@ -85,7 +93,19 @@ def verify_boxes(
             method=boxes.settings.get("method", "crown"),
             bound_upper=False,
         )
-    report.bound_failures = [int(ids[i]) for i in cert[(lb.min(1).values <= 0).cpu().numpy()]]
+    failed = (lb.min(1).values <= 0).cpu().numpy()
+    if (boxes.settings.get("bab", False) if bab is None else bab) and failed.any():
+        from .bab import bab_prove
+        from .bounds import BoundedModel
+
+        budget = bab_time if bab_time is not None else float(boxes.settings.get("bab_time", 30.0))
+        sel = np.nonzero(failed)[0]
+        bm64 = BoundedModel(model64, tuple(x0.shape[1:]), torch.float64, device)
+        res = bab_prove(bm64, lo[sel], hi[sel], margin_spec(preds[sel], n_cls).double(), 1e-12, budget)
+        proved = res.proved.cpu().numpy()
+        report.bab_proved = [int(ids[cert[i]]) for i in sel[proved]]
+        failed[sel[proved]] = False
+    report.bound_failures = [int(ids[i]) for i in cert[failed]]
     f = falsify_boxes(
         model, lo.float(), hi.float(), preds, restarts=attack_restarts, steps=attack_steps, corners=corners
     )

@@ -191,8 +191,10 @@ def decide(
     timeout: float = 60.0,
     attack_restarts: int = 5,
     seed: int = 0,
+    bab: bool = True,
 ) -> Result:
-    """Decide ``prop`` for ``model`` within ``timeout`` seconds (see the module docstring)."""
+    """Decide ``prop`` for ``model`` within ``timeout`` seconds (see the module docstring);
+    ``bab``: conjunctions that neither bounds nor attacks settle go to branch-and-bound."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     n_in = int(np.prod(input_shape))
@@ -264,6 +266,27 @@ def decide(
             if found:
                 found.details["attack_restart"] = restart
                 return found
+    # -- branch-and-bound on what is left: one atom per open conjunction, the most promising first
+    if bab and hasattr(bm.net, "ops"):
+        from .bab import bab_prove, split_ops
+
+        if split_ops(bm):
+            left = list(zip(open_groups, [lb[0][g] + ds[g] for g in open_groups]))
+            for g, gap in left:
+                proved = False
+                for a in [g[i] for i in torch.argsort(gap, descending=True).tolist()]:
+                    remaining = timeout - (time.perf_counter() - t0)
+                    if remaining <= 0:
+                        return Result("timeout", time.perf_counter() - t0, details=details)
+                    share = remaining / (len(left) * len(g))
+                    res = bab_prove(bm, lo, hi, (-rows[a])[None, None], -float(ds[a]) + 1e-9, share)
+                    if res.proved[0]:
+                        proved = True
+                        break
+                if not proved:
+                    return Result("unknown", time.perf_counter() - t0, details=details)
+            details["bab"] = len(left)
+            return Result("unsat", time.perf_counter() - t0, details=details)
     return Result("unknown", time.perf_counter() - t0, details=details)
 
 

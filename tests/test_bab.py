@@ -3,6 +3,7 @@ branch is caught by the same checks."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -86,3 +87,49 @@ def test_bab_result_per_sample_and_float64_only():
     assert bool(res.timed_out[1] | res.exhausted[1])
     with pytest.raises(ValueError, match="float64"):
         bab_prove(BoundedModel(model.float(), (2,)), x.float() - 0.1, x.float() + 0.1, spec.float(), 0.0)
+
+
+def test_certify_with_bab_grows_boxes_that_milp_and_verify_confirm():
+    from nonuniform import certify_boxes, verify_boxes
+
+    model = mlp(nn.ReLU(), sizes=(2, 16, 16, 3), seed=1).eval()
+    x = torch.rand(6, 2, generator=torch.Generator().manual_seed(3))
+    plain = certify_boxes(model, x, iterations=20)
+    grown = certify_boxes(model, x, iterations=20, bab=True, bab_time=2.0)
+    assert grown.settings["bab"] is True
+    cert = grown.certified
+    assert (cert == plain.certified).all() and cert.sum() >= 4
+    gain = grown.log_volume[cert] - plain.log_volume[cert]
+    assert (gain >= -1e-6).all() and (gain > 0.01).sum() >= 2, gain
+    report = verify_boxes(model, grown)  # re-proves the grown boxes by branch-and-bound
+    assert report.ok and report.bab_proved, report
+    assert not verify_boxes(model, grown, bab=False).ok  # one bound alone cannot prove them
+    for i in map(int, report.bab_proved):
+        k = list(grown.indices).index(i)
+        lo, hi = torch.tensor(grown.lower[k]), torch.tensor(grown.upper[k])
+        r = verify_box_milp(model, lo, hi, int(grown.preds[k]), time_limit=30)
+        assert r.status == "robust", (i, r)
+
+
+def test_bab_is_refused_where_it_cannot_run():
+    from nonuniform import certify_boxes
+
+    x = torch.rand(2, 2)
+    with pytest.raises(ValueError, match="ReLU/LeakyReLU"):
+        certify_boxes(mlp(nn.Tanh(), sizes=(2, 8, 3)).eval(), x, bab=True, iterations=2)
+    with pytest.raises(ValueError, match="float64"):
+        certify_boxes(mlp(nn.ReLU(), sizes=(2, 8, 3)).eval(), x, bab=True, check_dtype="float32")
+
+
+def test_cli_certify_bab_then_verify(tmp_path):
+    from nonuniform_cli.main import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    args = ["certify", "mnist-mlp", "--out", str(out), "--count", "2", "--iterations", "5", "--no-figures"]
+    r = CliRunner().invoke(app, [*args, "--bab", "--bab-time", "3"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "run.json").read_text())["options"]["bab"] is True
+    r = CliRunner().invoke(app, ["verify", str(out / "boxes.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ok"] is True
