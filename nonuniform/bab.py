@@ -8,10 +8,10 @@ later layer's intermediate bounds recomputed under it, until every leaf is prove
 Why it is sound without beta-CROWN's Lagrange terms: a split is enforced by clipping the neuron's
 pre-activation interval at 0 (:meth:`BoundedModel.propagate`'s ``splits``). Every bound of the
 leaf then holds on the box intersected with the leaf's half-spaces, and the leaves' half-spaces
-cover the box, so proving every leaf proves the box. A leaf whose clipped interval is empty
-(l > u) is infeasible and proved. A leaf with no unstable neuron left is bounded exactly by its
-linear bound's minimum over the box (only the box's corners remain loose), so when it still fails
-the box is reported as not proved (``exhausted``; a counterexample may or may not exist).
+cover the box, so proving every leaf proves the box. A leaf whose bounds miss one of its
+half-spaces (``BoundState.infeasible``) is empty and proved. A leaf with no unstable neuron
+left cannot be split further: when it still fails, the box is reported as not proved
+(``exhausted``; a counterexample may or may not exist).
 
 Run it with a float64 :class:`BoundedModel` and the final check's threshold: every leaf's proof
 is then the fresh float64 proof the rest of the package requires (:func:`bab_prove` refuses other
@@ -111,9 +111,8 @@ def _prove_one(bm, lo, hi, spec, threshold, ops, budget, batch, max_leaves, beta
         count += m
         worst = lb.min(1).values
         empty_leaf = torch.zeros(m, dtype=torch.bool, device=lo.device)
-        for i in ops:
-            l, u = state.pre[i]
-            empty_leaf |= (l > u).flatten(1).any(1)
+        if state.infeasible is not None:
+            empty_leaf = state.infeasible
         ok = empty_leaf | (worst >= threshold)
         bounded = ok & ~empty_leaf
         if bounded.any():

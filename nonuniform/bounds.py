@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .alpha_crown import optimised_slopes_bound
-from .interval import concretise, intersect_rows
+from .interval import clip_split, concretise, intersect_rows
 from .network import Activation, AffineOp, Network
 from .patches import patch_bounds, patch_size
 from .relaxations import LinearRelaxation
@@ -74,6 +74,7 @@ class BoundState:
     pre: dict[int, tuple[Tensor, Tensor]]  # input bounds of every nonlinear op, by op index
     relaxations: dict[int, LinearRelaxation]  # by op index (empty for ibp)
     intervals: dict[int, tuple[Tensor, Tensor]]  # output bounds of every op (-1: the box)
+    infeasible: Tensor | None = None  # (batch,) with splits: the box misses the split half-spaces
 
 
 class BoundedModel:
@@ -110,18 +111,10 @@ class BoundedModel:
     def propagate(
         self, lower: Tensor, upper: Tensor, method: str = "crown", splits: dict[int, Tensor] | None = None
     ) -> BoundState:
-        """Intermediate bounds and relaxations of every nonlinear op for the boxes.
-
-        Each op's output interval comes from its inputs' intervals. The input of a nonlinear op
-        is tightened by CROWN when it is computed by an affine op whose interval is not already
-        exact (an interval through one mixing map of the box is exact).
-
-        ``splits`` (branch-and-bound, :mod:`.bab`): for a ReLU-family op index, an int8 tensor
-        shaped like its input (batch first) with +1 where the sub-problem assumes z >= 0 and -1
-        where it assumes z <= 0; those pre-activation bounds are clipped at 0. The bounds then
-        hold on the box intersected with those half-spaces, which is all a branch needs; a
-        clipped interval with l > u means that intersection is empty.
-        """
+        """Intermediate bounds and relaxations of every nonlinear op for the boxes. Intervals go
+        forward op by op; a nonlinear op's input is tightened by CROWN when an affine op computes
+        it and its interval is not already exact (one mixing map of the box is exact). ``splits``
+        (:mod:`.bab`): per ReLU-family op, int8 +1/-1 where the branch assumes z >= 0 / z <= 0."""
         _check_method(method)
         mode = "fastlin" if method == "fastlin" else "crown"
         ops = self.net.ops
@@ -131,6 +124,7 @@ class BoundedModel:
         pre: dict[int, tuple[Tensor, Tensor]] = {}
         relax: dict[int, LinearRelaxation] = {}
         tightened: set[int] = set()
+        infeasible = None
         for i, op in enumerate(ops):
             if isinstance(op, AffineOp):
                 iv[i] = op.interval(*(t for k in op.inputs for t in iv[k]))
@@ -144,16 +138,15 @@ class BoundedModel:
                 iv[src] = (l, u)
                 tightened.add(src)
             if splits is not None and i in splits:
-                side = splits[i]
-                l, u = torch.where(side > 0, l.clamp(min=0), l), torch.where(side < 0, u.clamp(max=0), u)
-                if isinstance(ops[src], AffineOp):
-                    iv[src] = (l, u)
+                l, u, empty = clip_split(l, u, splits[i])
+                infeasible = empty if infeasible is None else infeasible | empty
+                iv[src] = (l, u)  # z's other consumers may use the branch's bounds too
             pre[i] = (l, u)
             if method != "ibp":
                 relax[i] = op.relaxation.relax(l, u, mode)
             iv[i] = op.relaxation.interval(l, u)
             box[i] = exact[i] = False
-        return BoundState(lower, upper, pre, relax, iv)
+        return BoundState(lower, upper, pre, relax, iv, infeasible)
 
     def _tighten(
         self,

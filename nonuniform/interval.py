@@ -54,4 +54,18 @@ def concretise(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     return (lam @ centre - lam.abs() @ radius).squeeze(-1)
 
 
-__all__ = ["concretise", "intersect", "intersect_rows"]
+def clip_split(l: Tensor, u: Tensor, side: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pre-activation bounds under split constraints (+1: z >= 0, -1: z <= 0), never crossed
+    (a crossed interval would flip later concretisations); returns (l, u, empty per sample),
+    where empty means a split half-space misses the bounds by more than rounding could explain."""
+    tol = 1e-9 * (1 + torch.maximum(l.abs(), u.abs()))
+    up, down = side > 0, side < 0
+    empty = ((up & (u < -tol)) | (down & (l > tol))).flatten(1).any(1)
+    l = torch.where(up, l.clamp(min=0), l)
+    u = torch.where(up, torch.maximum(u, l), u)
+    u = torch.where(down, u.clamp(max=0), u)
+    l = torch.where(down, torch.minimum(l, u), l)
+    return l, u, empty
+
+
+__all__ = ["clip_split", "concretise", "intersect", "intersect_rows"]
