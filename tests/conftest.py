@@ -42,4 +42,11 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(int(os.environ.get("NONUNIFORM_THREADS", "2")))
+    """NONUNIFORM_THREADS if set, else the library's policy (fewer threads on a busy machine)."""
+    from nonuniform.threads import configure_threads
+
+    env = os.environ.get("NONUNIFORM_THREADS")
+    if env:
+        torch.set_num_threads(int(env))
+    else:
+        configure_threads()
