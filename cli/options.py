@@ -92,6 +92,12 @@ def check_positive(allow_zero: bool = False, **values: int) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be {need}, got {v}")
 
 
+def check_seconds(**values: float) -> None:
+    for name, v in values.items():
+        if not v > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
+
+
 def check_writable_file(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name such as {path}/model.pt")

@@ -27,6 +27,7 @@ from .options import (
     check_dataset_matches,
     check_output_dir,
     check_positive,
+    check_seconds,
     load_inputs,
     model_record,
     parse_backend,
@@ -108,6 +109,7 @@ def certify(
 
     check_positive(batch_size=batch_size)
     check_positive(iterations=iterations, allow_zero=True)
+    check_seconds(bab_time=bab_time)
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     if card.domain is None:
         raise UserError(
@@ -197,6 +199,8 @@ def verify(
     from nonuniform.boxes import CertifiedBoxes
     from nonuniform.verify import verify_boxes
 
+    if bab_time is not None:
+        check_seconds(bab_time=bab_time)
     if not boxes.exists():
         raise UserError(f"{boxes}: file not found")
     res = CertifiedBoxes.load(boxes)

@@ -57,6 +57,11 @@ def files(tmp_path_factory):
 
 
 CASES = [
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/o_bab", "--bab", "--bab-time", "0"],
+        "--bab-time must be a positive",
+    ),
+    (["verify", "{d}/run/boxes.npz", "--bab-time", "-1"], "--bab-time must be a positive"),
     (["certify", "mnist-mlp", "--out", "{d}/a_file"], "is a file, not a directory"),
     (["certify", "mnist-mlp", "--out", "{d}/o1", "--device", "tpu"], "unknown device 'tpu'"),
     (["certify", "mnist-mlp", "--out", "{d}/o2", "--batch-size", "0"], "--batch-size must be at least 1"),
