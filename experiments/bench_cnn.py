@@ -2,7 +2,7 @@
 
 For mnist-cnn-small (embedded) and the CIFAR-10 CNN of ../shared/models/vnncomp2021 (when present):
 the CROWN margin bound at batch 32 (8 for CIFAR) with and without the gradient, and certify's
-seconds per image with mean log half-width, each with ``nonuniform.bounds.PATCHES`` off (dense
+seconds per image with mean log half-width, each with ``nonuniform.tighten.PATCHES`` off (dense
 rows, the old path) and on. Run alone: ``.venv/bin/python experiments/bench_cnn.py``; writes
 ``experiments/results/bench_cnn.md``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import nonuniform.bounds as engine
+import nonuniform.tighten as engine
 from nonuniform import certify_boxes, load_model
 from nonuniform.bounds import BoundedModel
 from nonuniform.samples import load_samples

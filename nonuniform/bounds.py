@@ -7,10 +7,11 @@ Methods (see :data:`METHODS`):
 * ``fastlin`` -- backward linear bounds with parallel relaxation lines (Weng et al. 2018).
 * ``crown`` -- backward linear bounds with CROWN's adaptive lower slopes (Zhang et al. 2018);
   intermediate (pre-activation) bounds are computed by the same backward pass.
-* ``alpha-crown`` -- CROWN whose lower slopes of ReLU/LeakyReLU neurons are optimised per
-  specification by projected Adam steps, starting from CROWN's slopes and keeping the best bound
-  per specification (so it is never looser than ``crown``). Sigmoid/Tanh keep CROWN's lines, and
-  intermediate bounds are CROWN's (only the final pass is optimised).
+* ``alpha-crown`` -- full alpha-CROWN (:mod:`.alpha_crown`): CROWN whose lower slopes of
+  ReLU/LeakyReLU neurons are optimised by projected Adam, one slope set per bound target (every
+  specification of the final pass and every row of a dense intermediate bound), starting from
+  CROWN's slopes; the result is max'ed with CROWN's, so it is never looser. Sigmoid/Tanh keep
+  CROWN's lines; rows below convolutions (patches) keep CROWN's slopes.
 
 Every linear method intersects each intermediate bound with the interval propagated from the
 previous layer's (already intersected) bounds, and the final bound with the ``ibp`` bound, so
@@ -30,12 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .alpha_crown import optimised_slopes_bound
-from .interval import clip_split, concretise, intersect_rows
-from .network import Activation, AffineOp, Network
-from .patches import patch_bounds, patch_size
+from .alpha_crown import Slopes, optimised_bound, sloped_bound
+from .interval import clip_split, concretise
+from .network import AffineOp, Network
 from .relaxations import LinearRelaxation
 from .specs import BoxError, check_box, margin_spec
+from .tighten import tighten, uses_patches
 
 METHODS = ("ibp", "fastlin", "crown", "alpha-crown")
 
@@ -56,14 +57,6 @@ __all__ = [
 #: module never imports them: ``BoundedModel(model)`` picks the engine.
 ENGINES: dict[type, type] = {}
 
-#: Intermediate bounds of convolutional chains use patch rows (:mod:`.patches`); False forces
-#: dense rows (the tests compare both).
-PATCHES = True
-
-#: Largest number of elements of one backward-pass tensor when computing intermediate bounds;
-#: neurons are processed in chunks below it (about 1 GiB in float32).
-MEMORY_BUDGET = 2**28
-
 
 @dataclass
 class BoundState:
@@ -75,6 +68,7 @@ class BoundState:
     relaxations: dict[int, LinearRelaxation]  # by op index (empty for ibp)
     intervals: dict[int, tuple[Tensor, Tensor]]  # output bounds of every op (-1: the box)
     infeasible: Tensor | None = None  # (batch,) with splits: the box misses the split half-spaces
+    dense_rows: tuple[int, ...] = ()  # ops whose input was tightened by dense rows (slope targets)
 
 
 class BoundedModel:
@@ -109,12 +103,20 @@ class BoundedModel:
 
     # -- forward sweep ------------------------------------------------------------------
     def propagate(
-        self, lower: Tensor, upper: Tensor, method: str = "crown", splits: dict[int, Tensor] | None = None
+        self,
+        lower: Tensor,
+        upper: Tensor,
+        method: str = "crown",
+        splits: dict[int, Tensor] | None = None,
+        slopes: Slopes | None = None,
+        reuse: BoundState | None = None,
     ) -> BoundState:
         """Intermediate bounds and relaxations of every nonlinear op for the boxes. Intervals go
         forward op by op; a nonlinear op's input is tightened by CROWN when an affine op computes
         it and its interval is not already exact (one mixing map of the box is exact). ``splits``
-        (:mod:`.bab`): per ReLU-family op, int8 +1/-1 where the branch assumes z >= 0 / z <= 0."""
+        (:mod:`.bab`): per ReLU-family op, int8 +1/-1 where the branch assumes z >= 0 / z <= 0.
+        ``slopes`` (:mod:`.alpha_crown`): per-row lower slopes for the targets that have them;
+        ``reuse``: a state of the same boxes whose bounds the other targets take as they are."""
         _check_method(method)
         mode = "fastlin" if method == "fastlin" else "crown"
         ops = self.net.ops
@@ -124,6 +126,7 @@ class BoundedModel:
         pre: dict[int, tuple[Tensor, Tensor]] = {}
         relax: dict[int, LinearRelaxation] = {}
         tightened: set[int] = set()
+        dense: list[int] = []
         infeasible = None
         for i, op in enumerate(ops):
             if isinstance(op, AffineOp):
@@ -134,7 +137,12 @@ class BoundedModel:
             src = op.inputs[0]
             l, u = iv[src]
             if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
-                l, u = self._tighten(i, l, u, relax, lower, upper, iv)
+                if reuse is not None and (slopes is None or i not in slopes.inter):
+                    l, u = reuse.pre[i]
+                else:
+                    l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, slopes)
+                if not uses_patches(self, i, relax):
+                    dense.append(i)
                 iv[src] = (l, u)
                 tightened.add(src)
             if splits is not None and i in splits:
@@ -146,73 +154,7 @@ class BoundedModel:
                 relax[i] = op.relaxation.relax(l, u, mode)
             iv[i] = op.relaxation.interval(l, u)
             box[i] = exact[i] = False
-        return BoundState(lower, upper, pre, relax, iv, infeasible)
-
-    def _tighten(
-        self,
-        i: int,
-        l: Tensor,
-        u: Tensor,
-        relax: dict[int, LinearRelaxation],
-        lower: Tensor,
-        upper: Tensor,
-        iv: dict[int, tuple[Tensor, Tensor]],
-    ) -> tuple[Tensor, Tensor]:
-        """CROWN bounds for the neurons at the input of nonlinear op ``ops[i]`` that need them.
-
-        Each sample gets backward rows only for *its own* neurons that need bounds (padded to the
-        largest count in the batch). The affine ops between ``ops[i]`` and the nonlinear ops
-        below it do not depend on the sample, so they run once on the union of needed neurons
-        (batch axis 1), and each sample gathers its rows from the result.
-        """
-        op: Activation = self.net.ops[i]  # type: ignore[assignment]
-        src = op.inputs[0]
-        b = l.shape[0]
-        need = op.relaxation.needs_bounds(l, u).reshape(b, -1)
-        counts = need.sum(1)
-        kmax = int(counts.max())
-        if kmax == 0:
-            return l, u
-        n = need.shape[1]
-        # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
-        order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
-        valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
-        lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-        patch_elems = patch_size(self.net, src, relax) if PATCHES else 0
-        if patch_elems:  # convolutional chain below: rows as receptive-field patches
-            chunk = max(1, MEMORY_BUDGET // (2 * b * patch_elems))
-            outs_l, outs_u = [], []
-            for part in torch.arange(kmax, device=l.device).split(chunk):
-                neuron = order[:, part] + 1
-                out = patch_bounds(self.net, src, torch.cat([neuron, -neuron], 1), relax, lower, upper)
-                outs_l.append(out[:, : part.numel()])
-                outs_u.append(-out[:, part.numel() :])
-            return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
-        union = need.any(0).nonzero().squeeze(1)
-        k_u = union.numel()
-        # Shared affine prefix: one-hot rows of the union, batch axis 1.
-        rows = torch.zeros(k_u, n, dtype=l.dtype, device=l.device)
-        rows[torch.arange(k_u, device=l.device), union] = 1.0
-        lam_u = torch.cat([rows, -rows]).reshape(1, 2 * k_u, *self.net.ops[src].out_shape)
-        pending: dict[int, Tensor] = {src: lam_u}
-        bias_u = torch.zeros(1, 2 * k_u, dtype=l.dtype, device=l.device)
-        j = src
-        while j >= 0 and (j not in pending or isinstance(self.net.ops[j], AffineOp)):
-            if j in pending:
-                bias_u = self._affine_step(j, pending, bias_u)
-            j -= 1
-        pos = torch.full((n,), 0, dtype=torch.long, device=l.device)
-        pos[union] = torch.arange(k_u, device=l.device)
-        pos = torch.where(valid, pos[order], 0)  # (b, kmax) row of each neuron in lam_u
-        chunk = max(1, MEMORY_BUDGET // (2 * b * self.net.max_width(src + 1)))
-        outs_l, outs_u = [], []
-        for part in torch.arange(kmax, device=l.device).split(chunk):
-            sel = torch.cat([pos[:, part], pos[:, part] + k_u], 1)  # (b, 2k)
-            gathered = {k: v[0][sel] for k, v in pending.items()}
-            out = self._backward(gathered, j, relax, lower, upper, iv, bias_u[0][sel])
-            outs_l.append(out[:, : part.numel()])
-            outs_u.append(-out[:, part.numel() :])
-        return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
+        return BoundState(lower, upper, pre, relax, iv, infeasible, tuple(dense))
 
     # -- backward pass ------------------------------------------------------------------
     def _affine_step(self, j: int, pending: dict[int, Tensor], bias: Tensor) -> Tensor:
@@ -286,12 +228,16 @@ class BoundedModel:
         alpha_steps: int = 20,
         alpha_lr: float = 0.1,
         state: BoundState | None = None,
+        slopes: Slopes | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Lower and upper bounds of ``spec @ f(x)`` over the boxes: ``(batch, specs)`` each.
 
         ``per_logit=True`` bounds every logit separately and combines them by interval
         arithmetic (the mode of Liu et al. 2019); it is never tighter than the default.
         ``bound_upper=False`` skips the upper bound (half the work) and returns ``None`` for it.
+        ``slopes`` (alpha-crown, :class:`~nonuniform.alpha_crown.Slopes` for the lower bounds of
+        ``spec``): where the slope optimisation starts; with ``alpha_steps=0`` the bound is the
+        single pass with these slopes, differentiable in them (the box optimiser's joint mode).
         """
         _check_method(method)
         spec = self.default_spec(lower, upper) if spec is None else self._check_spec(spec, lower)
@@ -312,8 +258,10 @@ class BoundedModel:
             return lb, (ub if bound_upper else None)
 
         s = spec.shape[1]
+        if slopes is not None and bound_upper:
+            raise ValueError("slopes= are per lower-bound specification: pass bound_upper=False")
         lam = torch.cat([spec, -spec], 1) if bound_upper else spec
-        out = self._lower(lam, lower, upper, method, alpha_steps, alpha_lr, state)
+        out = self._lower(lam, lower, upper, method, alpha_steps, alpha_lr, state, slopes)
         return out[:, :s], (-out[:, s:] if bound_upper else None)
 
     def _lower(
@@ -325,6 +273,7 @@ class BoundedModel:
         alpha_steps: int,
         alpha_lr: float,
         state: BoundState | None,
+        slopes: Slopes | None = None,
     ) -> Tensor:
         """Lower bounds of ``lam @ f(x)``: (batch, specs). The model-specific part of :meth:`bounds`."""
         if state is None:
@@ -333,7 +282,10 @@ class BoundedModel:
         if method != "ibp":
             out = torch.maximum(out, self.backward(lam, state.relaxations, lower, upper))
         if method == "alpha-crown":
-            out = torch.maximum(out, optimised_slopes_bound(self, lam, state, alpha_steps, alpha_lr))
+            if slopes is not None and alpha_steps <= 0:
+                out = torch.maximum(out, sloped_bound(self, lam, lower, upper, slopes, reuse=state))
+            else:
+                out = torch.maximum(out, optimised_bound(self, lam, state, alpha_steps, alpha_lr, slopes)[0])
         return out
 
     # -- specs --------------------------------------------------------------------------

@@ -47,7 +47,10 @@ def largest_scale(
         rho = (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape[sel]).clamp(p.log_min, p.log_max)
         with torch.no_grad():
             lo, hi = p.box(*radii(p, rho), x0[sel])
-            return p.margins(lo, hi, spec[sel], method=method).min(1).values - cfg.delta
+            return (
+                p.margins(lo, hi, spec[sel], method=method, **start_slopes(p, idx[sel])).min(1).values
+                - cfg.delta
+            )
 
     inf = torch.full((n,), math.inf, dtype=dt, device=dev)
     a, b = -inf, inf.clone()  # largest certified scale, smallest refuted scale
@@ -116,17 +119,24 @@ def uniform_radius(p: Problem, idx: Tensor) -> Tensor:
     return largest_scale(p, idx, shape, guess).exp()
 
 
+def start_slopes(p: Problem, idx: Tensor) -> dict:
+    """Keyword arguments that start the searches' alpha-CROWN from the joint optimiser's slopes
+    of samples ``idx`` (any slopes are sound: this only decides where the slope optimisation
+    starts; the final proof does not use them)."""
+    if p.slopes is None or p.cfg.method != "alpha-crown":
+        return {}
+    return {"slopes": p.slopes.select(idx), "alpha_steps": p.cfg.alpha_steps}
+
+
 def proved_margin(p: Problem, check_bm: BoundedModel, lo: Tensor, hi: Tensor, idx: Tensor) -> Tensor:
     """Fresh, tape-free bound in the check dtype: the proof behind ``certified``.
     Returns the certified minimum margin per sample."""
     dt = check_bm.net.dtype
+    # alpha-crown starts from CROWN's slopes here, never from the optimiser's: the proof is a
+    # function of the box alone, so `verify` reproduces it from the saved box and settings.
     with torch.no_grad():
         lb = p.margins(
-            lo.to(dt),
-            hi.to(dt),
-            p.spec[idx].to(dt),
-            bm=check_bm,
-            alpha_steps=p.cfg.alpha_steps_check,
+            lo.to(dt), hi.to(dt), p.spec[idx].to(dt), bm=check_bm, alpha_steps=p.cfg.alpha_steps_check
         )
     return lb.min(1).values.to(lo.dtype)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .alpha_crown import Slopes, initial_slopes
 from .finalise import largest_scale
 from .problem import Problem, radii
 
@@ -60,7 +61,11 @@ def optimise(
     p: Problem, rho: Tensor, active: Tensor, on_iteration: Callable[[], None] | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PHR augmented Lagrangian; returns the best certified log-radii, the iterations used and
-    the last iterate (whose shape :func:`polish` may scale into a larger certified box)."""
+    the last iterate (whose shape :func:`polish` may scale into a larger certified box).
+
+    With alpha-crown (joint mode) the slopes are parameters too, updated by their own per-sample
+    Adam from the same loss; the slopes of each sample's best box are left in ``p.slopes``, where
+    the later searches and the final check start their own slope optimisation."""
     cfg = p.cfg
     b = rho.shape[0]
     n_con = p.spec.shape[1]
@@ -68,6 +73,9 @@ def optimise(
     lam = torch.zeros(b, n_con, dtype=dt, device=dev)
     mu = torch.full((b,), cfg.mu_init, dtype=dt, device=dev)
     adam = SampleAdam(rho, cfg.lr)
+    slopes = joint_slopes(p, rho)
+    slope_adams = [SampleAdam(t, cfg.alpha_lr) for t in slopes.tensors()] if slopes else []
+    p.slopes = slopes.map(torch.clone) if slopes else None  # those of each sample's best box
     best_rho = rho.clone()
     with torch.no_grad():
         best_obj = p.mean_log_width(*p.box(*radii(p, rho)))
@@ -81,20 +89,23 @@ def optimise(
             break
         iters[idx] += 1
         rho_a = rho[idx].clone().requires_grad_(True)
+        s_a = slopes.select(idx).map(torch.Tensor.requires_grad_) if slopes else None
         with torch.enable_grad():
             lo, hi = p.box(*radii(p, rho_a), p.x0[idx])
-            g = p.margins(lo, hi, p.spec[idx]) - cfg.delta  # (A, n_con), feasible when >= 0
+            g = p.margins(lo, hi, p.spec[idx], slopes=s_a) - cfg.delta  # (A, n_con), feasible when >= 0
             obj = p.mean_log_width(lo, hi)
             mu_a, lam_a = mu[idx, None], lam[idx]
             penalty = (torch.relu(lam_a - mu_a * g) ** 2 - lam_a**2).sum(1) / (2 * mu_a[:, 0])
             loss = -obj + penalty
-            (grad,) = torch.autograd.grad(loss.sum(), rho_a)
+            grad, *s_grads = torch.autograd.grad(loss.sum(), [rho_a, *(s_a.tensors() if s_a else [])])
         with torch.no_grad():
             g, obj = g.detach(), obj.detach()
             feasible = (g >= 0).all(1)
             better = feasible & (obj > best_obj[idx])
             best_obj[idx[better]] = obj[better]
             best_rho[idx[better]] = rho_a.detach()[better]
+            if slopes:
+                p.slopes.assign(idx, s_a.map(torch.Tensor.detach), better)
             # Guard against blow-ups at high penalty: restart the sample from its best point.
             bad = ~torch.isfinite(loss) | ~torch.isfinite(grad.flatten(1)).all(1)
             if bad.any():
@@ -102,7 +113,13 @@ def optimise(
                 adam.reset(idx[bad])
                 mu[idx[bad]] = (mu[idx[bad]] / cfg.mu_growth).clamp(min=cfg.mu_init)
                 grad[bad] = 0.0
+                for sg in s_grads:
+                    sg[bad] = 0.0
             adam.step(rho, grad, idx)
+            for opt, t, sg in zip(slope_adams, slopes.tensors() if slopes else [], s_grads):
+                opt.step(t, torch.nan_to_num(sg), idx)
+            if slopes:
+                slopes.project(p.bm.net.ops)
             rho.clamp_(p.log_min, p.log_max)
             if (it + 1) % cfg.update_every == 0:
                 lam[idx] = torch.relu(lam_a - mu_a * g)
@@ -113,6 +130,18 @@ def optimise(
                 active[idx[done]] = False
                 prev_obj[idx], prev_viol[idx] = obj, viol
     return best_rho, iters, rho
+
+
+def joint_slopes(p: Problem, rho: Tensor) -> Slopes | None:
+    """alpha-CROWN's slopes for the joint optimisation, CROWN's at the start boxes (None when
+    the method is not alpha-crown, joint mode is off, or the model has no ReLU-family neuron)."""
+    cfg = p.cfg
+    if cfg.method != "alpha-crown" or not cfg.joint_slopes or cfg.per_logit or not hasattr(p.bm.net, "ops"):
+        return None
+    with torch.no_grad():
+        lo, hi = p.box(*radii(p, rho))
+        slopes = initial_slopes(p.bm, p.bm.propagate(lo, hi), p.spec.shape[1])
+    return slopes if slopes.tensors() else None
 
 
 def polish(p: Problem, idx: Tensor, *candidates: Tensor) -> Tensor:

@@ -198,7 +198,7 @@ class RecurrentBoundedModel(BoundedModel):
                     push(node.y, pos * rel.ly + neg * rel.uy)
         return total
 
-    def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state) -> Tensor:  # type: ignore[override]
+    def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state, slopes=None) -> Tensor:  # type: ignore[override]
         if method == "alpha-crown":
             raise ValueError(
                 "alpha-crown is not available for recurrent models (SequenceClassifier); use crown"

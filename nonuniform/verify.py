@@ -92,6 +92,9 @@ def verify_boxes(
             margin_spec(preds, n_cls).double(),
             method=boxes.settings.get("method", "crown"),
             bound_upper=False,
+            # alpha-crown: the certify run's own proof procedure (steps and rate of its check)
+            alpha_steps=int(boxes.settings.get("alpha_steps_check", 20)),
+            alpha_lr=float(boxes.settings.get("alpha_lr", 0.1)),
         )
     failed = (lb.min(1).values <= 0).cpu().numpy()
     if (boxes.settings.get("bab", False) if bab is None else bab) and failed.any():

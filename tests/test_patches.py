@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import nonuniform.bounds as engine
+import nonuniform.tighten as engine
 from nonuniform import compute_bounds
 from nonuniform.bounds import BoundedModel
 from nonuniform.patches import patch_size
@@ -51,7 +51,8 @@ def _bounds(model, lower, upper, method, patches: bool):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("method", ["fastlin", "crown", "alpha-crown"])
+# Not alpha-crown: dense rows carry their own slopes there (full alpha-CROWN), patches keep CROWN's.
+@pytest.mark.parametrize("method", ["fastlin", "crown"])
 def test_patch_rows_equal_dense_rows(name, method):
     model, shape = MODELS[name]
     model = model.double()
