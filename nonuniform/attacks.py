@@ -23,8 +23,8 @@ def margin_objective(model: nn.Module, labels: Tensor) -> Objective:
     def objective(x: Tensor) -> Tensor:
         logits = model(x)
         true = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.scatter(1, labels[:, None], float("inf"))
-        return true - others.min(1).values
+        others = logits.scatter(1, labels[:, None], float("-inf"))
+        return true - others.max(1).values
 
     return objective
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nonuniform.attacks import falsify_boxes
+from nonuniform.attacks import falsify_boxes, margin_objective
+from nonuniform.exact import verify_box_milp
 from nonuniform.smoothed import smoothed_forward
 
 from .graph_nets import PoolNet, TinyResNet
@@ -26,10 +27,12 @@ def test_smoothed_copy_tends_to_the_network():
 
 def test_smoothed_rounds_never_hurt_and_break_more_boxes():
     """Same step budget (5 x 10 PGD steps): 1 plain restart + 4 smoothed rounds break more boxes
-    than 5 plain restarts (measured: 19 vs 12, 28 vs 18, 5 vs 3 over three random nets)."""
+    than 5 plain restarts. Measured on this net, 200 boxes, radii 0.3/0.6/1.0 x seeds 1-3: 66 vs 65,
+    137/134, 186/185, 56/54, 131/127, 182/174, 53/52, 132/126, 188/187 (a small, consistent gain;
+    the 19 vs 12 quoted before came with the wrong margin objective)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
-    lower, upper = random_boxes((6,), batch=200, seed=1, max_radius=2.0)
+    lower, upper = random_boxes((6,), batch=200, seed=2, max_radius=1.0)
     labels = net((lower + upper) / 2).argmax(1)
     plain = falsify_boxes(net, lower, upper, labels, restarts=5, steps=10, corners=0, smoothing=())
     strong = falsify_boxes(net, lower, upper, labels, restarts=1, steps=10, corners=0)
@@ -41,8 +44,8 @@ def test_smoothed_rounds_never_hurt_and_break_more_boxes():
     with torch.no_grad():
         out = net(strong.point)
     true = out.gather(1, labels[:, None])[:, 0]
-    others = out.scatter(1, labels[:, None], float("inf")).min(1).values
-    assert torch.allclose(true - others, strong.margin, atol=1e-5)  # scored on the real network
+    runner_up = out.scatter(1, labels[:, None], float("-inf")).max(1).values
+    assert torch.allclose(true - runner_up, strong.margin, atol=1e-5)  # scored on the real network
 
 
 def test_recurrent_models_fall_back_to_plain_pgd():
@@ -53,3 +56,26 @@ def test_recurrent_models_fall_back_to_plain_pgd():
     lo = torch.zeros(2, 5, 3)
     f = falsify_boxes(model, lo, lo + 0.1, model(lo).argmax(1), restarts=1, steps=5, corners=4)
     assert f.margin.shape == (2,)
+
+
+def test_margin_is_against_the_runner_up_class():
+    """f_c - max_{j != c} f_j (sessions 1-4 had f_c - min_j f_j: the attack then only 'broke' a
+    box where the predicted class fell to the bottom, and tightness.md's PGD column was ~5x)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, -5.0], [1.0, 3.0, 2.0, -5.0]])
+    obj = margin_objective(lambda x: x, torch.tensor([1, 0]))
+    assert obj(logits).tolist() == [1.0, -2.0]
+
+
+def test_attack_breaks_what_milp_refutes():
+    """On 30 boxes of a small ReLU net, every box where MILP finds a clear counterexample (margin
+    below -0.05) is broken by the falsifier, and no box MILP proves robust is."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    lower, upper = random_boxes((6,), batch=30, seed=2, max_radius=1.5)
+    labels = net((lower + upper) / 2).argmax(1)
+    f = falsify_boxes(net, lower, upper, labels, restarts=3, steps=30)
+    exact = [verify_box_milp(net, lower[i], upper[i], int(labels[i]), time_limit=20) for i in range(30)]
+    refuted = torch.tensor([e.status == "counterexample" and e.min_margin < -0.05 for e in exact])
+    robust = torch.tensor([e.status == "robust" for e in exact])
+    assert refuted.sum() >= 5 and robust.sum() >= 5, (refuted.sum(), robust.sum())
+    assert f.broken[refuted].all() and not f.broken[robust].any()

@@ -12,6 +12,12 @@ on purpose, from a checkout of that commit::
 
 Keys added since (e.g. new baselines, verify's ``malformed``) are allowed; every old key must
 hold the same value (floats to 1e-6 relative).
+
+One deliberate change: ``explain.json``'s ``evaluation`` numbers were regenerated in session 5
+with the current CLI, after the attack's margin objective was fixed (it compared the predicted
+class with the *lowest* other logit instead of the runner-up, so every attack-based curve was
+far too optimistic). Everything else in that file, and ``explanations.npz``, was identical to
+2e19c49's output before the regeneration (checked key by key).
 """
 
 from __future__ import annotations
