@@ -102,6 +102,12 @@ def certify(
         bool, typer.Option(help="Grow each box further by branch-and-bound (ReLU nets; slower).")
     ] = False,
     bab_time: Annotated[float, typer.Option(help="Seconds of branch-and-bound per sample.")] = 10.0,
+    joint_slopes: Annotated[
+        bool,
+        typer.Option(
+            help="alpha-crown: optimise slopes with the radii (--no-joint-slopes: anew per bound call)."
+        ),
+    ] = True,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform.distributed import RayUnavailable, ShardsFailed
@@ -110,6 +116,8 @@ def certify(
     check_positive(batch_size=batch_size)
     check_positive(iterations=iterations, allow_zero=True)
     check_seconds(bab_time=bab_time)
+    if not joint_slopes and method != "alpha-crown":
+        raise UserError("--no-joint-slopes only applies to --method alpha-crown")
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     if card.domain is None:
         raise UserError(
@@ -141,7 +149,7 @@ def certify(
             on_saved=on_saved, on_start=start, backend=ray,
             method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
             iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
-            **({"bab": True, "bab_time": bab_time} if bab else {}),
+            joint_slopes=joint_slopes, **({"bab": True, "bab_time": bab_time} if bab else {}),
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.stop()

@@ -62,6 +62,10 @@ CASES = [
         "--bab-time must be a positive",
     ),
     (["verify", "{d}/run/boxes.npz", "--bab-time", "-1"], "--bab-time must be a positive"),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/o_js", "--no-joint-slopes"],
+        "only applies to --method alpha-crown",
+    ),
     (["certify", "mnist-mlp", "--out", "{d}/a_file"], "is a file, not a directory"),
     (["certify", "mnist-mlp", "--out", "{d}/o1", "--device", "tpu"], "unknown device 'tpu'"),
     (["certify", "mnist-mlp", "--out", "{d}/o2", "--batch-size", "0"], "--batch-size must be at least 1"),
