@@ -137,11 +137,12 @@ class BoundedModel:
             src = op.inputs[0]
             l, u = iv[src]
             if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
+                patch_elems = uses_patches(self, i, relax)
                 if reuse is not None and (slopes is None or i not in slopes.inter):
                     l, u = reuse.pre[i]
                 else:
-                    l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, slopes)
-                if not uses_patches(self, i, relax):
+                    l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, patch_elems, slopes)
+                if not patch_elems:
                     dense.append(i)
                 iv[src] = (l, u)
                 tightened.add(src)

@@ -42,6 +42,7 @@ def tighten(
     upper: Tensor,
     iv: dict[int, tuple[Tensor, Tensor]],
     pre: dict[int, tuple[Tensor, Tensor]],
+    patch_elems: int,
     slopes: Slopes | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CROWN bounds for the neurons at the input of nonlinear op ``ops[i]`` that need them,
@@ -65,7 +66,6 @@ def tighten(
     order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
     valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
     lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-    patch_elems = uses_patches(bm, i, relax)
     if patch_elems:  # convolutional chain below: rows as receptive-field patches
         chunk = max(1, MEMORY_BUDGET // (2 * b * patch_elems))
         outs_l, outs_u = [], []
