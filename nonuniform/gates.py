@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .relaxations import Relaxation
+from .relaxations import LinearRelaxation, Relaxation
 
 
 @dataclass
@@ -71,11 +71,22 @@ class Product:
         corners = torch.stack([aL * bL, aL * bU, aU * bL, aU * bU])
         return corners.min(0).values, corners.max(0).values
 
-    def relax(self, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str = "crown") -> PlaneRelaxation:
+    def relax(
+        self,
+        lx: Tensor,
+        ux: Tensor,
+        ly: Tensor,
+        uy: Tensor,
+        mode: str = "crown",
+        rp: LinearRelaxation | None = None,
+        rq: LinearRelaxation | None = None,
+    ) -> PlaneRelaxation:
+        """Planes on the rectangle; ``rp``/``rq`` are p's and q's lines on it when the caller
+        already has them (the three sigmoid gates of an LSTM step are relaxed in one call)."""
         aL, aU = self.p.interval(lx, ux)
         bL, bU = self.q.interval(ly, uy)
-        rp = self.p.relax(lx, ux, mode)
-        rq = self.q.relax(ly, uy, mode)
+        rp = self.p.relax(lx, ux, mode) if rp is None else rp
+        rq = self.q.relax(ly, uy, mode) if rq is None else rq
         pl, pu = (rp.lower_slope[:, 0], rp.lower_bias[:, 0]), (rp.upper_slope[:, 0], rp.upper_bias[:, 0])
         ql, qu = (rq.lower_slope[:, 0], rq.lower_bias[:, 0]), (rq.upper_slope[:, 0], rq.upper_bias[:, 0])
         xc, yc = (lx + ux) / 2, (ly + uy) / 2

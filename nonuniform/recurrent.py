@@ -48,6 +48,19 @@ from .relaxations import (
 )
 
 
+def _pick(L: Tensor, pos: Tensor, low: Tensor, up: Tensor) -> Tensor:
+    """``L * (low if L >= 0 else up)`` elementwise, for planes ``(batch, 1, n)`` against
+    ``L (batch, rows, n)``: written as ``L*up + relu(L)*(low - up)`` because a broadcasting
+    ``torch.where`` is ~3x slower on CPU than this and the pos/neg split takes twice the passes."""
+    return torch.addcmul(L * up, pos, low - up)
+
+
+def _pick_sum(L: Tensor, pos: Tensor, low: Tensor, up: Tensor) -> Tensor:
+    """``_pick(L, pos, low, up).sum(-1)`` (as matmuls it is faster, but ~1.5x slower with the
+    gradient: the backward of a (rows, n) @ (n, 1) product is an outer product per sample)."""
+    return _pick(L, pos, low, up).sum(-1)
+
+
 @dataclass
 class RecurrentState:
     """Bounds of every node's output and the relaxation of every nonlinear node."""
@@ -74,6 +87,16 @@ class RecurrentBoundedModel(BoundedModel):
         def get(r: Ref) -> tuple[Tensor, Tensor]:
             return lo[r.node][:, r.start : r.stop], hi[r.node][:, r.start : r.stop]
 
+        # Lines of one activation over a whole node, computed once: the gates of a step are
+        # slices of one node, and a few calls on (batch, 4H) cost far less than many on (batch, H).
+        cache: dict[tuple[int, type], LinearRelaxation] = {}
+
+        def lines(r: Ref, act) -> LinearRelaxation:
+            key = (r.node, type(act))
+            if key not in cache:
+                cache[key] = act.relax(lo[r.node], hi[r.node], mode)
+            return LinearRelaxation(*(t[..., r.start : r.stop] for t in cache[key].astuple()))
+
         for k, node in enumerate(g.nodes):
             if isinstance(node, InputNode):
                 l, u = xl[:, node.step], xu[:, node.step]
@@ -96,7 +119,8 @@ class RecurrentBoundedModel(BoundedModel):
                 bounds = (*get(node.x), *get(node.y))
                 l, u = node.product.interval(*bounds)
                 if method != "ibp":
-                    relax[k] = node.product.relax(*bounds, mode)
+                    rp, rq = lines(node.x, node.product.p), lines(node.y, node.product.q)
+                    relax[k] = node.product.relax(*bounds, mode, rp, rq)
             lo.append(l)
             hi.append(u)
         return RecurrentState(lo, hi, relax)
@@ -187,15 +211,15 @@ class RecurrentBoundedModel(BoundedModel):
             elif not linear:
                 total = total + concretise(L, state.lower[k], state.upper[k])
             else:
-                pos, neg = L.clamp(min=0), L.clamp(max=0)
                 rel = state.relax[k]
+                pos = L.clamp(min=0)
                 if isinstance(rel, LinearRelaxation):
-                    total = total + (pos * rel.lower_bias + neg * rel.upper_bias).sum(-1)
-                    push(node.src, pos * rel.lower_slope + neg * rel.upper_slope)
+                    total = total + _pick_sum(L, pos, rel.lower_bias, rel.upper_bias)
+                    push(node.src, _pick(L, pos, rel.lower_slope, rel.upper_slope))
                 else:
-                    total = total + (pos * rel.lc + neg * rel.uc).sum(-1)
-                    push(node.x, pos * rel.lx + neg * rel.ux)
-                    push(node.y, pos * rel.ly + neg * rel.uy)
+                    total = total + _pick_sum(L, pos, rel.lc, rel.uc)
+                    push(node.x, _pick(L, pos, rel.lx, rel.ux))
+                    push(node.y, _pick(L, pos, rel.ly, rel.uy))
         return total
 
     def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state, slopes=None) -> Tensor:  # type: ignore[override]

@@ -26,8 +26,10 @@ TINY_WIDTH = 1e-6
 #: The tangent points of S-shaped relaxations come from a table of d*(l) on [-TANGENT_RANGE, 0].
 TANGENT_RANGE = 40.0
 TANGENT_POINTS = 8193
-#: Bisection steps inside one table cell (width <= 0.005): (float32, float64).
+#: Bisection steps below the table's range: (float32, float64).
 TANGENT_REFINE = (16, 32)
+#: Inside a table cell the interpolated point is raised by this much before the exact check.
+TANGENT_NUDGE = 1e-6
 _TANGENT_TABLES: dict = {}
 
 
@@ -191,27 +193,41 @@ class SShaped(Relaxation):
 
         d*(l) decreases in l (dd*/dl = -(f'(d*) - f'(l)) / (f''(d*)(l - d*)) < 0 since d* <= |l|),
         so for l in the grid cell [l_k, l_k+1] it lies in [table[k+1], table[k]], and table[k]
-        is already sound. A few bisection steps inside that bracket (keeping the end with
-        h >= 0) make it nearly exact: the line stays sound for any step count. Below the table
-        (l < -TANGENT_RANGE) the bracket is [table[0], max(u, table[0])]: whenever the tangent
-        (not the chord) is chosen, d*(l) <= u.
+        is already sound. Inside that bracket the point is the linear interpolation, nudged up by
+        TANGENT_NUDGE and kept only where it passes the exact test h(d) >= 0 (else table[k]): a
+        dozen tensor operations instead of a bisection (the relaxation of an LSTM gate needs four
+        tangent points, and a bound needs ~100 gates). Below the table (l < -TANGENT_RANGE) the
+        bracket is [table[0], max(u, table[0])] (whenever the tangent, not the chord, is chosen,
+        d*(l) <= u), refined by bisection.
         """
         table = self._tangent_table(l.device)
         step = TANGENT_RANGE / (TANGENT_POINTS - 1)
         # Always in float64: in float32, h's rounding error (~1e-7 * |l - d|) could accept a
         # point slightly below d*. The result is rounded *up* to the caller's dtype.
         l64, u64 = l.double(), u.double()
-        k = ((l64 + TANGENT_RANGE) / step).floor().clamp(0, TANGENT_POINTS - 2).long()
-        inside = l64 >= -TANGENT_RANGE
-        hi = torch.where(inside, table[k], torch.maximum(u64, table[0]))
-        lo = torch.where(inside, table[k + 1], table[0])
+        pos = (l64 + TANGENT_RANGE) / step
+        k = pos.floor().clamp(0, TANGENT_POINTS - 2)
+        frac = (pos - k).clamp(0.0, 1.0)
+        k = k.long()
+        hi, lo = table[k], table[k + 1]
         fl = self.f(l64)
-        for _ in range(TANGENT_REFINE[l.dtype == torch.float64]):
-            d = (lo + hi) / 2
-            above = self.f(d) + self.derivative(d) * (l64 - d) - fl >= 0
-            hi, lo = torch.where(above, d, hi), torch.where(above, lo, d)
-        out = hi.to(l.dtype)
-        return torch.where(out.double() < hi, torch.nextafter(out, torch.full_like(out, math.inf)), out)
+
+        def above(d: Tensor) -> Tensor:
+            return self.f(d) + self.derivative(d) * (l64 - d) - fl >= 0
+
+        guess = hi - frac * (hi - lo) + TANGENT_NUDGE
+        d = torch.where((guess < hi) & above(guess), guess, hi)
+        outside = l64 < -TANGENT_RANGE
+        if bool(outside.any()):
+            hi = torch.maximum(u64, table[0])
+            lo = table[0].expand_as(hi)
+            for _ in range(TANGENT_REFINE[l.dtype == torch.float64]):
+                mid = (lo + hi) / 2
+                ok = above(mid)
+                hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+            d = torch.where(outside, hi, d)
+        out = d.to(l.dtype)
+        return torch.where(out.double() < d, torch.nextafter(out, torch.full_like(out, math.inf)), out)
 
     def _upper(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         fl, fu = self.f(l), self.f(u)
