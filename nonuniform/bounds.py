@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .alpha_crown import Slopes, optimised_bound, sloped_bound
+from .alpha_crown import Slopes, initial_slopes, optimised_bound, sloped_bound
 from .interval import clip_split, concretise
 from .network import AffineOp, Network
 from .relaxations import LinearRelaxation
@@ -288,6 +288,10 @@ class BoundedModel:
             else:
                 out = torch.maximum(out, optimised_bound(self, lam, state, alpha_steps, alpha_lr, slopes)[0])
         return out
+
+    def start_slopes(self, lower: Tensor, upper: Tensor, specs: int) -> Slopes:
+        """alpha-CROWN's parameters at CROWN's values on these boxes (the joint optimiser's start)."""
+        return initial_slopes(self, self.propagate(lower, upper), specs)
 
     # -- specs --------------------------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:

@@ -20,6 +20,8 @@ class PlaneRelaxation:
     ux: Tensor
     uy: Tensor
     uc: Tensor
+    #: the weights of the first candidate plane, lower and upper: ``(batch, 2, *features)``
+    weights: Tensor | None = None
 
     def lower(self, x: Tensor, y: Tensor) -> Tensor:
         return self.lx * x + self.ly * y + self.lc
@@ -80,9 +82,12 @@ class Product:
         mode: str = "crown",
         rp: LinearRelaxation | None = None,
         rq: LinearRelaxation | None = None,
+        weights: Tensor | None = None,
     ) -> PlaneRelaxation:
         """Planes on the rectangle; ``rp``/``rq`` are p's and q's lines on it when the caller
-        already has them (the three sigmoid gates of an LSTM step are relaxed in one call)."""
+        already has them (the three sigmoid gates of an LSTM step are relaxed in one call).
+        ``weights`` ``(batch, 2, *features)`` in [0, 1] replace the centre-gap blend of step 3
+        (alpha-CROWN's free parameters: every convex combination is sound)."""
         aL, aU = self.p.interval(lx, ux)
         bL, bU = self.q.interval(ly, uy)
         rp = self.p.relax(lx, ux, mode) if rp is None else rp
@@ -104,16 +109,19 @@ class Product:
         # McCormick's gap at the centre of the (a, b) rectangle, the natural scale of differences.
         scale = (aU - aL) * (bU - bL) / 4 + 1e-12
 
-        def blend(p1, p2, lower: bool) -> tuple[Tensor, Tensor, Tensor]:
-            v1 = p1[0] * xc + p1[1] * yc + p1[2]
-            v2 = p2[0] * xc + p2[1] * yc + p2[2]
-            better = (v1 - v2) if lower else (v2 - v1)  # > 0 where the first plane is tighter
-            w = (0.5 + better / (2 * scale)).clamp(0.0, 1.0)
-            return tuple(w * t1 + (1 - w) * t2 for t1, t2 in zip(p1, p2))  # type: ignore[return-value]
+        def blend(p1, p2, lower: bool) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+            if weights is not None:
+                w = weights[:, 0 if lower else 1].clamp(0.0, 1.0)
+            else:
+                v1 = p1[0] * xc + p1[1] * yc + p1[2]
+                v2 = p2[0] * xc + p2[1] * yc + p2[2]
+                better = (v1 - v2) if lower else (v2 - v1)  # > 0 where the first plane is tighter
+                w = (0.5 + better / (2 * scale)).clamp(0.0, 1.0)
+            return tuple(w * t1 + (1 - w) * t2 for t1, t2 in zip(p1, p2)), w  # type: ignore[return-value]
 
-        low = blend(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
-        up = blend(plane(bL, aU, -aU * bL, False), plane(bU, aL, -aL * bU, False), False)
-        return PlaneRelaxation(*(t.unsqueeze(1) for t in (*low, *up)))
+        low, w_low = blend(plane(bL, aL, -aL * bL, True), plane(bU, aU, -aU * bU, True), True)
+        up, w_up = blend(plane(bL, aU, -aU * bL, False), plane(bU, aL, -aL * bU, False), False)
+        return PlaneRelaxation(*(t.unsqueeze(1) for t in (*low, *up)), weights=torch.stack([w_low, w_up], 1))
 
 
 __all__ = ["PlaneRelaxation", "Product"]

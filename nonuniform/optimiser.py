@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .alpha_crown import Slopes, initial_slopes
+from .alpha_crown import Slopes
 from .finalise import largest_scale
 from .problem import Problem, radii
 
@@ -119,7 +119,7 @@ def optimise(
             for opt, t, sg in zip(slope_adams, slopes.tensors() if slopes else [], s_grads):
                 opt.step(t, torch.nan_to_num(sg), idx)
             if slopes:
-                slopes.project(p.bm.net.ops)
+                slopes.project(getattr(p.bm.net, "ops", None))
             rho.clamp_(p.log_min, p.log_max)
             if (it + 1) % cfg.update_every == 0:
                 lam[idx] = torch.relu(lam_a - mu_a * g)
@@ -136,11 +136,11 @@ def joint_slopes(p: Problem, rho: Tensor) -> Slopes | None:
     """alpha-CROWN's slopes for the joint optimisation, CROWN's at the start boxes (None when
     the method is not alpha-crown, joint mode is off, or the model has no ReLU-family neuron)."""
     cfg = p.cfg
-    if cfg.method != "alpha-crown" or not cfg.joint_slopes or cfg.per_logit or not hasattr(p.bm.net, "ops"):
+    if cfg.method != "alpha-crown" or not cfg.joint_slopes or cfg.per_logit:
         return None
     with torch.no_grad():
         lo, hi = p.box(*radii(p, rho))
-        slopes = initial_slopes(p.bm, p.bm.propagate(lo, hi), p.spec.shape[1])
+        slopes = p.bm.start_slopes(lo, hi, p.spec.shape[1])
     return slopes if slopes.tensors() else None
 
 

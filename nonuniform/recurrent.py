@@ -29,7 +29,7 @@ Shapes: boxes ``(batch, *input_shape)`` read as ``(batch, time, features)``; ``l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +40,13 @@ from .gates import PlaneRelaxation
 from .interval import intersect
 from .layers import SequenceClassifier
 from .network import AffineOp
+from .recurrent_alpha import RecurrentParams, initial_params, optimised_bound
 from .recurrent_graph import ActNode, Graph, InputNode, LinearNode, Ref, _apply, _apply_abs, _transpose
 from .relaxations import (
     TINY_WIDTH,
     LinearRelaxation,
     PiecewiseLinear,
+    Relaxation,
 )
 
 
@@ -68,6 +70,8 @@ class RecurrentState:
     lower: list[Tensor]
     upper: list[Tensor]
     relax: dict[int, LinearRelaxation | PlaneRelaxation]
+    #: (node, activation) pairs relaxed as lines (the keys of alpha-CROWN's line parameters)
+    lines: list[tuple[int, Relaxation]] = field(default_factory=list)
 
 
 class RecurrentBoundedModel(BoundedModel):
@@ -76,7 +80,10 @@ class RecurrentBoundedModel(BoundedModel):
     def _build(self, model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Graph:  # type: ignore[override]
         return Graph(model, input_shape, dtype, device)
 
-    def propagate(self, lower: Tensor, upper: Tensor, method: str = "crown") -> RecurrentState:  # type: ignore[override]
+    def propagate(  # type: ignore[override]
+        self, lower: Tensor, upper: Tensor, method: str = "crown", params: RecurrentParams | None = None
+    ) -> RecurrentState:
+        """Bounds and relaxations of every node; ``params`` (alpha-crown) replace CROWN's choices."""
         g = self.net
         xl, xu = g.steps_of(lower), g.steps_of(upper)
         lo: list[Tensor] = []
@@ -90,11 +97,16 @@ class RecurrentBoundedModel(BoundedModel):
         # Lines of one activation over a whole node, computed once: the gates of a step are
         # slices of one node, and a few calls on (batch, 4H) cost far less than many on (batch, H).
         cache: dict[tuple[int, type], LinearRelaxation] = {}
+        used: list[tuple[int, Relaxation]] = []
 
-        def lines(r: Ref, act) -> LinearRelaxation:
+        def lines(r: Ref, act: Relaxation) -> LinearRelaxation:
             key = (r.node, type(act))
             if key not in cache:
-                cache[key] = act.relax(lo[r.node], hi[r.node], mode)
+                rel = act.relax(lo[r.node], hi[r.node], mode)
+                if params is not None:
+                    rel = params.lines(r.node, act, rel, lo[r.node], hi[r.node])
+                cache[key] = rel
+                used.append((r.node, act))
             return LinearRelaxation(*(t[..., r.start : r.stop] for t in cache[key].astuple()))
 
         for k, node in enumerate(g.nodes):
@@ -114,16 +126,17 @@ class RecurrentBoundedModel(BoundedModel):
                 sl, su = get(node.src)
                 l, u = node.relaxation.interval(sl, su)
                 if method != "ibp":
-                    relax[k] = node.relaxation.relax(sl, su, mode)
+                    relax[k] = lines(node.src, node.relaxation)
             else:
                 bounds = (*get(node.x), *get(node.y))
                 l, u = node.product.interval(*bounds)
                 if method != "ibp":
                     rp, rq = lines(node.x, node.product.p), lines(node.y, node.product.q)
-                    relax[k] = node.product.relax(*bounds, mode, rp, rq)
+                    weights = params.plane_weights(k) if params is not None else None
+                    relax[k] = node.product.relax(*bounds, mode, rp, rq, weights)
             lo.append(l)
             hi.append(u)
-        return RecurrentState(lo, hi, relax)
+        return RecurrentState(lo, hi, relax, used)
 
     def _tighten(self, k, l, u, lo, hi, relax, xl, xu) -> tuple[Tensor, Tensor]:
         """Back-substitute from linear node k to the inputs, for the neurons that need it."""
@@ -222,19 +235,25 @@ class RecurrentBoundedModel(BoundedModel):
                     push(node.y, _pick(L, pos, rel.ly, rel.uy))
         return total
 
+    def final_bound(self, lam: Tensor, state: RecurrentState, lower: Tensor, upper: Tensor) -> Tensor:
+        """Lower bound of ``lam @ f`` from a propagated state (the linear relaxation's)."""
+        g = self.net
+        return self._backward(g.output, lam, state, g.steps_of(lower), g.steps_of(upper), linear=True)
+
     def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state, slopes=None) -> Tensor:  # type: ignore[override]
-        if method == "alpha-crown":
-            raise ValueError(
-                "alpha-crown is not available for recurrent models (SequenceClassifier); use crown"
-            )
         if state is None:
-            state = self.propagate(lower, upper, method)
+            state = self.propagate(lower, upper, "crown" if method == "alpha-crown" else method)
         g = self.net
         xl, xu = g.steps_of(lower), g.steps_of(upper)
         out = self._backward(g.output, lam, state, xl, xu, linear=False)
         if method != "ibp":
-            out = torch.maximum(out, self._backward(g.output, lam, state, xl, xu, linear=True))
+            out = torch.maximum(out, self.final_bound(lam, state, lower, upper))
+        if method == "alpha-crown":  # never looser than CROWN: the max with it
+            out = torch.maximum(out, optimised_bound(self, lam, lower, upper, alpha_steps, alpha_lr, slopes))
         return out
+
+    def start_slopes(self, lower: Tensor, upper: Tensor, specs: int) -> RecurrentParams:  # type: ignore[override]
+        return initial_params(self.propagate(lower, upper, "crown"))
 
 
 ENGINES[SequenceClassifier] = RecurrentBoundedModel

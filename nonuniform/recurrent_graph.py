@@ -231,6 +231,10 @@ class Graph:
         return x.reshape(x.shape[0], self.steps, self.features)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.values(x)[self.output]
+
+    def values(self, x: Tensor) -> list[Tensor]:
+        """Every node's output at the points ``x`` (each ``(batch, node size)``)."""
         xs = self.steps_of(x)
         vals: list[Tensor] = []
 
@@ -249,4 +253,4 @@ class Graph:
             else:
                 v = node.product.f(get(node.x), get(node.y))
             vals.append(v)
-        return vals[self.output]
+        return vals

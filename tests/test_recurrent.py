@@ -50,7 +50,7 @@ def test_image_shaped_input_is_read_as_rows():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", ["ibp", "fastlin", "crown"])
+@pytest.mark.parametrize("method", ["ibp", "fastlin", "crown", "alpha-crown"])
 def test_bounds_hold_on_samples_corners_and_pgd(kind, method):
     model = seq_model(kind, layers=2, seed=1)
     lower, upper = random_boxes(SHAPE, batch=2, seed=1, max_radius=0.25)
@@ -122,9 +122,6 @@ def test_clear_errors():
         BoundedModel(seq_model("lstm"), (7,))
     with pytest.raises(UnsupportedModelError, match="SequenceClassifier"):
         BoundedModel(nn.Sequential(nn.LSTM(3, 4)), SHAPE)
-    lower, upper = random_boxes(SHAPE, batch=1)
-    with pytest.raises(ValueError, match="alpha-crown is not available"):
-        compute_bounds(seq_model("gru"), lower, upper, method="alpha-crown")
     with pytest.raises(ValueError, match=r"\(batch, time, 3\)"):
         seq_model("gru")(torch.rand(2, 7))
 
@@ -142,3 +139,79 @@ def test_batch_is_capped_to_free_memory_without_changing_results(monkeypatch):
     assert capped.settings["batch_size"] == 1
     assert torch.allclose(torch.as_tensor(capped.lower), torch.as_tensor(full.lower), atol=1e-5)
     assert torch.allclose(torch.as_tensor(capped.upper), torch.as_tensor(full.upper), atol=1e-5)
+
+
+def _random_params(params, seed: int):
+    """Parameters drawn uniformly from their sound ranges (the ends included half the time)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(key, t):
+        lo, hi = params.ranges[key]
+        u = torch.rand(t.shape, generator=g, dtype=t.dtype)
+        u = torch.where(torch.rand(t.shape, generator=g) < 0.25, u.round(), u)
+        return lo + (hi - lo) * u
+
+    return type(params)({k: draw(k, t) for k, t in params.values.items()}, params.ranges)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_alpha_parameters_are_sound_at_any_value(kind):
+    """Every node's bounds and the final bound hold at sampled points and corners for random
+    parameters of every family (gate planes, S-shaped lines, ReLU slopes)."""
+    from nonuniform.recurrent_alpha import initial_params, params_bound
+
+    model = seq_model(kind, layers=2, seed=11).double()
+    lower, upper = random_boxes(SHAPE, batch=3, seed=12, max_radius=0.2, dtype=torch.float64)
+    bm = BoundedModel(model, SHAPE, torch.float64)
+    start = initial_params(bm.propagate(lower, upper))
+    families = {k.split(":")[0] + (":" + k.split(":")[-1] if k[0] == "l" else "") for k in start.values}
+    assert "line:PiecewiseLinear" in families  # the head's ReLU
+    assert ("plane" in families) == (kind in ("lstm", "gru"))
+    spec = bm.default_spec(lower, upper)
+    g = torch.Generator().manual_seed(13)
+    for seed in range(4):
+        params = _random_params(start, seed)
+        state = bm.propagate(lower, upper, "crown", params=params)
+        lb = params_bound(bm, spec, lower, upper, params)
+        for b in range(lower.shape[0]):
+            u = torch.rand((3000, *SHAPE), generator=g, dtype=torch.float64)
+            corner = torch.rand((1000, *SHAPE), generator=g) < 0.5
+            pts = torch.cat([lower[b] + u * (upper[b] - lower[b]), torch.where(corner, upper[b], lower[b])])
+            with torch.no_grad():
+                vals = bm.net.values(pts)
+            for k, v in enumerate(vals):
+                assert (v >= state.lower[k][b] - 1e-9).all() and (v <= state.upper[k][b] + 1e-9).all(), (
+                    f"{kind}: node {bm.net.nodes[k].name} bound violated (params seed {seed})"
+                )
+            margins = vals[bm.net.output] @ spec[b].T
+            assert (margins >= lb[b] - 1e-9).all(), f"{kind}: final bound violated (params seed {seed})"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_alpha_crown_is_never_looser_than_crown_and_tightens(kind):
+    model = seq_model(kind, layers=2, seed=14)
+    lower, upper = random_boxes(SHAPE, batch=4, seed=15, max_radius=0.1)
+    crown, _ = compute_bounds(model, lower, upper, method="crown", bound_upper=False)
+    alpha, _ = compute_bounds(model, lower, upper, method="alpha-crown", bound_upper=False, alpha_steps=10)
+    assert (alpha >= crown).all()
+    assert (alpha - crown).sum() > 1e-3, f"{kind}: the optimised relaxations gained nothing"
+
+
+def test_alpha_crown_boxes_of_a_recurrent_model_survive_attacks():
+    """Joint optimisation of box and relaxation parameters, then the float64 proof from CROWN's
+    parameters: every certified box is re-proved and attacked."""
+    model = seq_model("lstm", seed=16)
+    x = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(17))
+    fast = {"iterations": 10, "alpha_steps": 2, "alpha_steps_check": 10}
+    crown = certify_boxes(model, x, iterations=10)
+    res = certify_boxes(model, x, method="alpha-crown", **fast)
+    assert res.certified.all()
+    assert res.log_volume.mean() > crown.log_volume.mean()
+    lower, upper = torch.as_tensor(res.lower), torch.as_tensor(res.upper)
+    spec = BoundedModel(model, SHAPE).default_spec(lower, upper).double()
+    lo64, hi64 = lower.double(), upper.double()
+    opts = {"method": "alpha-crown", "bound_upper": False, "alpha_steps": 10}
+    lb, _ = compute_bounds(model.double(), lo64, hi64, spec=spec, **opts)
+    assert (lb >= 0).all()
+    fals = falsify_boxes(model.float(), lower, upper, torch.as_tensor(res.preds), restarts=5, steps=50)
+    assert not fals.broken.any(), "counterexample inside an alpha-crown box"

@@ -1,0 +1,159 @@
+"""alpha-CROWN for recurrent models: optimisable relaxations through the unrolled recurrence.
+
+CROWN fixes every relaxation by a rule; each of these families is sound for *any* value of its
+parameter, so the parameters can be tuned by gradient ascent on the bound (as alpha-CROWN does for
+ReLU slopes, and as R2 tunes convex combinations of candidate bounds for recurrent nets):
+
+* gate products ``p(x) * q(y)`` (:class:`~nonuniform.gates.Product`): the weight of the first of
+  the two candidate planes per side, in [0, 1] (a convex combination of sound planes is sound);
+  CROWN's value is the centre-gap blend;
+* S-shaped lines (tanh/sigmoid, on their own or inside a gate): a weight ``s`` in [0, 1] between
+  CROWN's line and the flat line through f(l) (lower) or f(u) (upper); both hold on [l, u] because
+  f increases, so their convex combination does too; CROWN's value is ``s = 1``;
+* ReLU/LeakyReLU lines: the lower slope in [negative_slope, 1] (CROWN's value: its adaptive one).
+
+One parameter set per sample and neuron is shared by every bound target (the final pass and the
+CROWN pass behind each intermediate bound) -- auto_LiRPA's "shared alpha" -- so a set stays small
+(``(batch, 2, n)`` per node) and means the same thing when the box changes: the box optimiser
+carries one per sample (joint mode). ``bm`` is a
+:class:`~nonuniform.recurrent.RecurrentBoundedModel` (passed in: the engine calls this module).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .relaxations import LinearRelaxation, PiecewiseLinear, Relaxation, SShaped
+
+
+@dataclass
+class RecurrentParams:
+    """Relaxation parameters by key: ``plane:k`` (product node k) ``(batch, 2, n)`` lower/upper
+    weights; ``line:j:Act`` (activation Act on node j) ``(batch, 2, n)`` for S-shaped lines,
+    ``(batch, n)`` lower slopes for ReLU-family lines. ``ranges`` holds each key's sound range.
+    The interface matches :class:`~nonuniform.alpha_crown.Slopes` (the box optimiser uses both)."""
+
+    values: dict[str, Tensor]
+    ranges: dict[str, tuple[float, float]]
+
+    def tensors(self) -> list[Tensor]:
+        return list(self.values.values())
+
+    def map(self, fn) -> RecurrentParams:
+        return RecurrentParams({k: fn(t) for k, t in self.values.items()}, self.ranges)
+
+    def select(self, idx: Tensor) -> RecurrentParams:
+        return self.map(lambda t: t[idx])
+
+    def assign(self, idx: Tensor, other: RecurrentParams, mask: Tensor | None = None) -> None:
+        """Write ``other``'s rows into samples ``idx`` (where ``mask``, if given)."""
+        sel = idx if mask is None else idx[mask]
+        for k, t in self.values.items():
+            t[sel] = other.values[k] if mask is None else other.values[k][mask]
+
+    def project(self, _ops=None) -> None:
+        """Clamp in place to each parameter's sound range."""
+        with torch.no_grad():
+            for k, t in self.values.items():
+                t.clamp_(*self.ranges[k])
+
+    def lines(
+        self, node: int, act: Relaxation, rel: LinearRelaxation, l: Tensor, u: Tensor
+    ) -> LinearRelaxation:
+        """``act``'s lines on node ``node`` (bounds ``l``, ``u`` ``(batch, n)``) with the parameters."""
+        t = self.values.get(line_key(node, act))
+        if t is None:
+            return rel
+        if isinstance(act, PiecewiseLinear):
+            return act.relax(l, u, "crown", alpha=t.unsqueeze(1))
+        s_lo, s_up = t[:, 0:1], t[:, 1:2]
+        f_l, f_u = act.f(l).unsqueeze(1), act.f(u).unsqueeze(1)
+        return LinearRelaxation(
+            s_lo * rel.lower_slope,
+            s_lo * rel.lower_bias + (1 - s_lo) * f_l,
+            s_up * rel.upper_slope,
+            s_up * rel.upper_bias + (1 - s_up) * f_u,
+        )
+
+    def plane_weights(self, node: int) -> Tensor | None:
+        return self.values.get(f"plane:{node}")
+
+
+def line_key(node: int, act: Relaxation) -> str:
+    return f"line:{node}:{type(act).__name__}"
+
+
+def initial_params(state) -> RecurrentParams:
+    """CROWN's parameters at the boxes of ``state`` (a CROWN :class:`RecurrentState`)."""
+    values: dict[str, Tensor] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for k, rel in state.relax.items():
+        if getattr(rel, "weights", None) is not None:
+            values[f"plane:{k}"], ranges[f"plane:{k}"] = rel.weights.detach().clone(), (0.0, 1.0)
+    for node, act in state.lines:
+        l, u = state.lower[node].detach(), state.upper[node].detach()
+        key = line_key(node, act)
+        if isinstance(act, PiecewiseLinear):
+            values[key], ranges[key] = act.default_alpha(l, u), (act.negative_slope, 1.0)
+        elif isinstance(act, SShaped):
+            values[key] = torch.ones(l.shape[0], 2, l.shape[1], dtype=l.dtype, device=l.device)
+            ranges[key] = (0.0, 1.0)
+    return RecurrentParams(values, ranges)
+
+
+def params_bound(bm, lam: Tensor, lower: Tensor, upper: Tensor, params: RecurrentParams) -> Tensor:
+    """One bound pass with the given parameters: (batch, specs), differentiable in the box and in
+    the parameters."""
+    state = bm.propagate(lower, upper, "crown", params=params)
+    return bm.final_bound(lam, state, lower, upper)
+
+
+def optimised_bound(
+    bm, lam: Tensor, lower: Tensor, upper: Tensor, steps: int, lr: float, init: RecurrentParams | None = None
+) -> Tensor:
+    """The alpha-CROWN bound of ``lam @ f`` on the boxes: (batch, specs).
+
+    ``init`` with ``steps <= 0``: the single pass with those parameters (the box optimiser's joint
+    mode). Otherwise projected Adam from ``init`` (default CROWN's parameters) on a detached copy,
+    each sample keeping its best parameters (Adam is elementwise and a sample's bound depends on
+    its own parameters only, so results do not depend on the batch); with a gradient tape on the
+    box those are used once more with the tape, without one the best bound of each specification
+    over all iterates is returned (each iterate is a proof).
+    """
+    if init is not None and steps <= 0:
+        return params_bound(bm, lam, lower, upper, init)
+    lam_d, lo_d, up_d = lam.detach(), lower.detach(), upper.detach()
+    if init is None:
+        with torch.no_grad():
+            init = initial_params(bm.propagate(lo_d, up_d, "crown"))
+    params = init.map(lambda t: t.detach().clone().requires_grad_(True))
+    b = lam.shape[0]
+    best = params.map(lambda t: t.detach().clone())
+    best_score = torch.full((b,), -math.inf, dtype=lam.dtype, device=lam.device)
+    best_out = None
+    opt = torch.optim.Adam(params.tensors(), lr=lr) if params.tensors() else None
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            out = params_bound(bm, lam_d, lo_d, up_d, params)
+            with torch.no_grad():
+                score = out.sum(1)
+                better = score > best_score
+                best_score = torch.where(better, score, best_score)
+                best.assign(torch.arange(b, device=lam.device), params.map(torch.Tensor.detach), better)
+                best_out = out.detach() if best_out is None else torch.maximum(best_out, out.detach())
+            if step == steps or opt is None:
+                break
+            opt.zero_grad(set_to_none=True)
+            (-out.sum()).backward()
+            opt.step()
+            params.project()
+    if torch.is_grad_enabled() and (lower.requires_grad or upper.requires_grad):
+        return params_bound(bm, lam, lower, upper, best)
+    return best_out
+
+
+__all__ = ["RecurrentParams", "initial_params", "optimised_bound", "params_bound"]
