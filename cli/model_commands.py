@@ -88,7 +88,10 @@ def models(
 def train(
     arch: Annotated[
         str,
-        typer.Option(help="Architecture spec: mlp:100,100:relu, mlp:1024x3:tanh, cnn-small, cnn-medium."),
+        typer.Option(
+            help="Architecture spec: mlp:100,100:relu, mlp:1024x3:tanh, cnn-small, cnn-medium, "
+            "lstm:16, gru:32x2, rnn:64:relu, bilstm:16 (bidirectional)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Checkpoint path to write (.pt).")],
     dataset: Annotated[str, typer.Option(help="mnist | fashion-mnist.")] = "mnist",
@@ -98,10 +101,13 @@ def train(
     lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, one-cycle).")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    spectral_norm: Annotated[
+        bool, typer.Option(help="Spectral normalisation of every weight matrix (recurrent ones too).")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Directory with the IDX .gz files.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Train a model (normally or adversarially) and save a checkpoint with its card."""
+    """Train a model (normally, adversarially and/or spectrally normalised) and save a checkpoint."""
     from nonuniform.data import dataset_info
     from nonuniform.train import TrainConfig, train_checkpoint
 
@@ -110,11 +116,18 @@ def train(
     check_writable_file(out)  # fail now, not after training
     info = dataset_info(dataset)
     cfg = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, adv_eps=adv_eps, pgd_steps=pgd_steps, seed=seed
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        adv_eps=adv_eps,
+        pgd_steps=pgd_steps,
+        seed=seed,
+        spectral_norm=spectral_norm,
     )
     command = (
         f"nonuniform train --arch {arch} --dataset {info.name} --epochs {epochs} --adv-eps {adv_eps} "
         f"--pgd-steps {pgd_steps} --lr {lr} --batch-size {batch_size} --seed {seed} --out {out}"
+        + (" --spectral-norm" if spectral_norm else "")
     )
     with progress_bar() as bar:
         task = bar.add_task(f"training {arch}", total=None)

@@ -46,12 +46,14 @@ class SequenceClassifier(nn.Module):
     """A recurrent module followed by a head on the last time step: the common sequence classifier.
 
     ``rnn`` is PyTorch's own ``nn.RNN`` (tanh or relu), ``nn.LSTM`` or ``nn.GRU`` (any number of
-    layers, ``batch_first`` either way, unidirectional, no LSTM projection). Inputs may have any
+    layers, ``batch_first`` either way, uni- or bidirectional, no LSTM projection). Inputs may have any
     shape ``(batch, *dims)`` whose per-sample size is a multiple of ``rnn.input_size``: they are
     read row-major as ``(batch, time, rnn.input_size)``, so a ``(batch, 1, 28, 28)`` image is
     28 steps of 28 pixels (sequential MNIST) and image tools work on sequence models unchanged.
     ``head`` (optional) maps the top layer's last hidden state to logits; without it the hidden
-    state itself is the output.
+    state itself is the output. A bidirectional ``rnn`` hands the head both directions' states
+    after reading the whole sequence: ``[forward at the last step, backward at the first step]``
+    (PyTorch's ``out[:, -1]`` would give the backward direction only the last input).
     """
 
     def __init__(self, rnn: nn.Module, head: nn.Module | None = None) -> None:
@@ -60,8 +62,6 @@ class SequenceClassifier(nn.Module):
             raise TypeError(
                 f"SequenceClassifier needs an nn.RNN, nn.LSTM or nn.GRU, got {type(rnn).__name__}"
             )
-        if rnn.bidirectional:
-            raise ValueError("SequenceClassifier: bidirectional recurrent modules are not supported")
         if getattr(rnn, "proj_size", 0):
             raise ValueError("SequenceClassifier: LSTM with proj_size > 0 is not supported")
         self.rnn = rnn
@@ -81,5 +81,9 @@ class SequenceClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.sequence(x)
         out, _ = self.rnn(seq if self.rnn.batch_first else seq.transpose(0, 1))
-        last = out[:, -1] if self.rnn.batch_first else out[-1]
+        out = out if self.rnn.batch_first else out.transpose(0, 1)
+        last = out[:, -1]
+        if self.rnn.bidirectional:
+            h = self.rnn.hidden_size
+            last = torch.cat([out[:, -1, :h], out[:, 0, h:]], 1)
         return self.head(last)

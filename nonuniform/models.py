@@ -140,11 +140,12 @@ def build_model(
             nn.ReLU(),
             nn.Linear(512, num_classes),
         )
-    if arch.split(":")[0] in RECURRENT_KINDS:
+    if arch.split(":")[0].removeprefix("bi") in RECURRENT_KINDS:
         return build_sequence_model(arch, input_shape, num_classes)
     raise ModelError(
         f"unknown architecture '{arch}'; use 'mlp:<sizes>:<act>', 'cnn-small', 'cnn-medium', "
-        "'rnn:<hidden>[x<layers>][:tanh|relu]', 'lstm:<hidden>[x<layers>]' or 'gru:<hidden>[x<layers>]'"
+        "'rnn:<hidden>[x<layers>][:tanh|relu]', 'lstm:<hidden>[x<layers>]' or 'gru:<hidden>[x<layers>]' "
+        "(prefix 'bi' for bidirectional: 'bilstm:16')"
     )
 
 
@@ -152,13 +153,15 @@ RECURRENT_KINDS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def build_sequence_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> SequenceClassifier:
-    """``lstm:32`` / ``gru:32x2`` / ``rnn:64:relu``: a recurrent module reading each sample as
-    rows of its last axis (a 28x28 image is 28 steps of 28 pixels) and a linear head.
+    """``lstm:32`` / ``gru:32x2`` / ``rnn:64:relu`` / ``bilstm:16`` (bidirectional): a recurrent
+    module reading each sample as rows of its last axis (a 28x28 image is 28 steps of 28 pixels)
+    and a linear head.
 
     No Normalize layer: sequence models take inputs in [0, 1] as they are.
     """
     parts = arch.split(":")
-    kind = parts[0]
+    bidirectional = parts[0].startswith("bi")
+    kind = parts[0].removeprefix("bi")
     try:
         hidden, _, layers = parts[1].partition("x")
         hidden_size, num_layers = int(hidden), int(layers or 1)
@@ -173,8 +176,10 @@ def build_sequence_model(arch: str, input_shape: tuple[int, ...], num_classes: i
         raise ModelError(f"'{arch}': only 'rnn' specs take a nonlinearity")
     if hidden_size <= 0 or num_layers <= 0:
         raise ModelError(f"'{arch}' needs a positive hidden size and layer count")
-    rnn = RECURRENT_KINDS[kind](input_shape[-1], hidden_size, num_layers, batch_first=True, **extra)
-    return SequenceClassifier(rnn, nn.Linear(hidden_size, num_classes))
+    rnn = RECURRENT_KINDS[kind](
+        input_shape[-1], hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, **extra
+    )
+    return SequenceClassifier(rnn, nn.Linear(hidden_size * (1 + bidirectional), num_classes))
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> None:

@@ -100,10 +100,15 @@ class Graph:
             )
         self.steps, self.features = n_in // d, d
         self.nodes: list[Node] = []
-        seq = [Ref(self._add(InputNode(f"input.t{t}", d, step=t)), 0, d) for t in range(self.steps)]
+        # seq[t]: the pieces whose concatenation is the input of step t (two for a bidirectional
+        # layer below: its forward and backward states).
+        seq = [[Ref(self._add(InputNode(f"input.t{t}", d, step=t)), 0, d)] for t in range(self.steps)]
         for layer in range(rnn.num_layers):
-            seq = self._layer(rnn, layer, seq)
-        self.output = self._head(model.head, seq[-1])
+            outs = [self._layer(rnn, layer, seq, reverse) for reverse in range(1 + rnn.bidirectional)]
+            seq = [[out[t] for out in outs] for t in range(self.steps)]
+        # The head reads the forward state after the last step and the backward one after the first.
+        last = [seq[-1][0]] + ([seq[0][1]] if rnn.bidirectional else [])
+        self.output = self._head(model.head, self._concat("rnn.out", last))
         for k, node in enumerate(self.nodes):
             for ref in self._sources(node):
                 self.nodes[ref.node].consumers.append(k)
@@ -155,49 +160,66 @@ class Graph:
         size = x.stop - x.start
         return Ref(self._add(ProductNode(name, size, x=x, y=y, product=Product(Sigmoid(), q))), 0, size)
 
-    def _layer(self, rnn: nn.Module, layer: int, seq: list[Ref]) -> list[Ref]:
+    def _concat(self, name: str, pieces: list[Ref]) -> Ref:
+        """One Ref for the concatenation of ``pieces`` (itself when there is one piece)."""
+        if len(pieces) == 1:
+            return pieces[0]
+        sizes = [r.stop - r.start for r in pieces]
+        eye = torch.eye(sum(sizes), dtype=self.dtype, device=self.device)
+        cols = torch.split(eye, sizes, 1)  # (total, size_i): places piece i in the concatenation
+        return self._linear(name, list(zip(pieces, cols)))
+
+    def _layer(self, rnn: nn.Module, layer: int, seq: list[list[Ref]], reverse: int = 0) -> list[Ref]:
+        """The nodes of one layer and direction; returns the state after each time step t."""
         h_size = rnn.hidden_size
-        w_ih, w_hh = self._param(rnn, f"weight_ih_l{layer}"), self._param(rnn, f"weight_hh_l{layer}")
-        b_ih, b_hh = self._param(rnn, f"bias_ih_l{layer}"), self._param(rnn, f"bias_hh_l{layer}")
+        sfx = f"l{layer}" + ("_reverse" if reverse else "")
+        w_ih, w_hh = self._param(rnn, f"weight_ih_{sfx}"), self._param(rnn, f"weight_hh_{sfx}")
+        b_ih, b_hh = self._param(rnn, f"bias_ih_{sfx}"), self._param(rnn, f"bias_hh_{sfx}")
         zero = torch.zeros(h_size, dtype=self.dtype, device=self.device)
         # The zero initial state is a constant node (no terms): uniform code for every step.
-        h = Ref(self._add(LinearNode(f"rnn.l{layer}.h0", h_size, bias=zero)), 0, h_size)
+        h = Ref(self._add(LinearNode(f"rnn.{sfx}.h0", h_size, bias=zero)), 0, h_size)
         c = h
-        out = []
+        out: dict[int, Ref] = {}
         H = h_size
 
         def part(w: Tensor | None, k: int, width: int = 1) -> Tensor | None:
             """Rows of gate k (and the next width - 1 gates) of a stacked weight or bias."""
             return None if w is None else w[k * H : (k + width) * H]
 
-        for t, x in enumerate(seq):
-            at = f"rnn.l{layer}.t{t}"
+        def inp(pieces: list[Ref], w: Tensor) -> list[tuple[Ref, Weight]]:
+            """Terms ``w @ concat(pieces)``: w's columns split by piece."""
+            sizes = [r.stop - r.start for r in pieces]
+            return list(zip(pieces, (c.contiguous() for c in torch.split(w, sizes, 1))))
+
+        order = range(len(seq) - 1, -1, -1) if reverse else range(len(seq))
+        for t in order:
+            xs, at = seq[t], f"rnn.{sfx}.t{t}"
             if isinstance(rnn, nn.LSTM):  # gates i, f, g, o
-                g = self._linear(f"{at}.gates", [(x, w_ih), (h, w_hh)], b_ih, b_hh)
+                g = self._linear(f"{at}.gates", [*inp(xs, w_ih), (h, w_hh)], b_ih, b_hh)
                 i_, f_, g_, o_ = (Ref(g.node, k * H, (k + 1) * H) for k in range(4))
                 fc = self._product(f"{at}.f*c", f_, c, Identity())
                 ig = self._product(f"{at}.i*g", i_, g_, Tanh())
                 c = self._linear(f"{at}.c", [(fc, 1.0), (ig, 1.0)])
                 h = self._product(f"{at}.h", o_, c, Tanh())
             elif isinstance(rnn, nn.GRU):  # gates r, z, n
-                terms = [(x, part(w_ih, 0, 2)), (h, part(w_hh, 0, 2))]
+                terms = [*inp(xs, part(w_ih, 0, 2)), (h, part(w_hh, 0, 2))]
                 rz = self._linear(f"{at}.rz", terms, part(b_ih, 0, 2), part(b_hh, 0, 2))
                 r_, z_ = Ref(rz.node, 0, H), Ref(rz.node, H, 2 * H)
                 b_hn = part(b_hh, 2) if b_hh is not None else zero
                 hn = self._linear(f"{at}.hn", [(h, part(w_hh, 2))], b_hn)
                 rhn = self._product(f"{at}.r*hn", r_, hn, Identity())
-                n = self._linear(f"{at}.n", [(x, part(w_ih, 2)), (rhn, 1.0)], part(b_ih, 2))
+                n = self._linear(f"{at}.n", [*inp(xs, part(w_ih, 2)), (rhn, 1.0)], part(b_ih, 2))
                 neg_z = self._linear(f"{at}.-z", [(z_, -1.0)])
                 # h' = (1 - sigmoid(z)) tanh(n) + sigmoid(z) h, and 1 - sigmoid(z) = sigmoid(-z).
                 zn = self._product(f"{at}.(1-z)*n", neg_z, n, Tanh())
                 zh = self._product(f"{at}.z*h", z_, h, Identity())
                 h = self._linear(f"{at}.h", [(zn, 1.0), (zh, 1.0)])
             else:
-                pre = self._linear(f"{at}.pre", [(x, w_ih), (h, w_hh)], b_ih, b_hh)
+                pre = self._linear(f"{at}.pre", [*inp(xs, w_ih), (h, w_hh)], b_ih, b_hh)
                 act = Tanh() if rnn.nonlinearity == "tanh" else PiecewiseLinear(0.0)
                 h = Ref(self._add(ActNode(f"{at}.h", H, src=pre, relaxation=act)), 0, H)
-            out.append(h)
-        return out
+            out[t] = h
+        return [out[t] for t in range(len(seq))]
 
     def _head(self, head: nn.Module, last: Ref) -> int:
         if isinstance(head, nn.Identity):

@@ -19,6 +19,9 @@ class TrainConfig:
     pgd_steps: int = 10
     pgd_step_size: float | None = None  # default 2.5 * eps / steps
     seed: int = 0
+    #: train every weight matrix (linear, conv, recurrent input and hidden-to-hidden) under
+    #: spectral normalisation (Miyato et al. 2018); the saved weights are the normalised ones
+    spectral_norm: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +55,29 @@ def pgd_linf(
     return x_adv.detach()
 
 
+def spectral_normalise(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Put every weight with >= 2 dimensions under a spectral-norm parametrisation (one power
+    iteration per forward pass); returns the (module, name) pairs for :func:`bake`."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    done = []
+    for module in list(model.modules()):
+        for name, p in list(module.named_parameters(recurse=False)):
+            if name.startswith("weight") and p.dim() >= 2:
+                spectral_norm(module, name)
+                done.append((module, name))
+    return done
+
+
+def bake(normalised: list[tuple[nn.Module, str]]) -> None:
+    """Replace each parametrised weight by its current normalised value (a plain parameter), so
+    checkpoints and the bound engine see ordinary weights."""
+    from torch.nn.utils import parametrize
+
+    for module, name in normalised:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
 def train(
     model: nn.Module,
     inputs: Tensor,
@@ -60,12 +86,14 @@ def train(
     domain: tuple[float, float] = (0.0, 1.0),
     progress: Callable[[int, int, float], None] | None = None,
 ) -> nn.Module:
-    """Train in place with Adam (cosine schedule); PGD examples when ``config.adv_eps > 0``.
+    """Train in place with Adam (cosine schedule); PGD examples when ``config.adv_eps > 0``,
+    spectral normalisation when ``config.spectral_norm``.
 
     ``progress(step, total_steps, loss)`` is called after every optimiser step (the CLI shows a
     bar on a terminal and a line per epoch otherwise)."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    normalised = spectral_normalise(model) if config.spectral_norm else []
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     n = len(labels)
     steps_total = config.epochs * ((n + config.batch_size - 1) // config.batch_size)
@@ -97,7 +125,11 @@ def train(
             step += 1
             if progress is not None:
                 progress(step, steps_total, float(loss))
-    return model.eval()
+    model.eval()
+    with torch.no_grad():
+        model(inputs[:1])  # eval mode: the weights of the last power iteration, no update
+    bake(normalised)
+    return model
 
 
 def evaluate(

@@ -16,22 +16,27 @@ SHAPE = (5, 3)  # 5 time steps of 3 features
 
 
 def seq_model(kind: str, layers: int = 1, batch_first: bool = True, bias: bool = True, seed: int = 0):
+    """``kind``: rnn-tanh, rnn-relu, lstm, gru, or any of them prefixed 'bi' (bidirectional)."""
     torch.manual_seed(seed)
+    bi = kind.startswith("bi")
+    kind = kind.removeprefix("bi")
+    opts = {"batch_first": batch_first, "bias": bias, "bidirectional": bi}
     if kind in ("rnn-tanh", "rnn-relu"):
-        rnn = nn.RNN(3, 8, layers, nonlinearity=kind[4:], batch_first=batch_first, bias=bias)
+        rnn = nn.RNN(3, 8, layers, nonlinearity=kind[4:], **opts)
     else:
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind](3, 8, layers, batch_first=batch_first, bias=bias)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind](3, 8, layers, **opts)
     with torch.no_grad():  # larger weights than PyTorch's init: more unstable/saturated neurons
         for p in rnn.parameters():
             p.mul_(2.5)
-    head = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    head = nn.Sequential(nn.Linear(8 * (1 + bi), 12), nn.ReLU(), nn.Linear(12, 4))
     return SequenceClassifier(rnn, head).eval()
 
 
 KINDS = ["rnn-tanh", "rnn-relu", "lstm", "gru"]
+BIDIRECTIONAL = ["birnn-tanh", "bilstm", "bigru"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + BIDIRECTIONAL)
 @pytest.mark.parametrize("layers,batch_first,bias", [(1, True, True), (2, False, True), (1, True, False)])
 def test_unrolled_graph_matches_pytorch(kind, layers, batch_first, bias):
     model = seq_model(kind, layers, batch_first, bias)
@@ -112,8 +117,6 @@ def test_certified_boxes_survive_attacks(kind):
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="bidirectional"):
-        SequenceClassifier(nn.LSTM(3, 4, bidirectional=True))
     with pytest.raises(ValueError, match="proj_size"):
         SequenceClassifier(nn.LSTM(3, 4, proj_size=2))
     with pytest.raises(TypeError, match="nn.RNN, nn.LSTM or nn.GRU"):
@@ -154,7 +157,7 @@ def _random_params(params, seed: int):
     return type(params)({k: draw(k, t) for k, t in params.values.items()}, params.ranges)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "bigru"])
 def test_alpha_parameters_are_sound_at_any_value(kind):
     """Every node's bounds and the final bound hold at sampled points and corners for random
     parameters of every family (gate planes, S-shaped lines, ReLU slopes)."""
@@ -215,3 +218,29 @@ def test_alpha_crown_boxes_of_a_recurrent_model_survive_attacks():
     assert (lb >= 0).all()
     fals = falsify_boxes(model.float(), lower, upper, torch.as_tensor(res.preds), restarts=5, steps=50)
     assert not fals.broken.any(), "counterexample inside an alpha-crown box"
+
+
+def test_bidirectional_head_reads_both_directions_after_the_whole_sequence():
+    model = seq_model("bigru", layers=2, seed=18)
+    x = torch.rand(3, *SHAPE)
+    out, h_n = model.rnn(x)
+    # h_n[-2] / h_n[-1]: the top layer's forward and backward states after the whole sequence
+    assert torch.allclose(model(x), model.head(torch.cat([h_n[-2], h_n[-1]], 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", BIDIRECTIONAL)
+@pytest.mark.parametrize("method", ["crown"])  # alpha: test_alpha_parameters_are_sound_at_any_value
+def test_bidirectional_bounds_hold_on_samples_corners_and_pgd(kind, method):
+    model = seq_model(kind, layers=2, seed=19)
+    lower, upper = random_boxes(SHAPE, batch=2, seed=20, max_radius=0.2)
+    assert_bounds_sound(model, lower, upper, method, f"{kind}/{method}", samples=3000)
+
+
+def test_bidirectional_certified_boxes_survive_attacks():
+    model = seq_model("bilstm", seed=21)
+    x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(22))
+    res = certify_boxes(model, x, iterations=15)
+    assert res.certified.all()
+    lower, upper = torch.as_tensor(res.lower), torch.as_tensor(res.upper)
+    fals = falsify_boxes(model, lower, upper, torch.as_tensor(res.preds), restarts=5, steps=50)
+    assert not fals.broken.any(), "counterexample inside a bidirectional box"
