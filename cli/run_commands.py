@@ -108,6 +108,16 @@ def certify(
             help="alpha-crown: optimise slopes with the radii (--no-joint-slopes: anew per bound call)."
         ),
     ] = True,
+    alpha_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="alpha-crown: parameter steps per bound call of the searches (default 5; 0 reuses the "
+            "joint optimiser's parameters, the cheap choice for recurrent models)."
+        ),
+    ] = None,
+    alpha_steps_check: Annotated[
+        int | None, typer.Option(help="alpha-crown: parameter steps of the final float64 proof (default 50).")
+    ] = None,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform.distributed import RayUnavailable, ShardsFailed
@@ -118,6 +128,14 @@ def certify(
     check_seconds(bab_time=bab_time)
     if not joint_slopes and method != "alpha-crown":
         raise UserError("--no-joint-slopes only applies to --method alpha-crown")
+    alpha = {
+        k: v
+        for k, v in [("alpha_steps", alpha_steps), ("alpha_steps_check", alpha_steps_check)]
+        if v is not None
+    }
+    if alpha and method != "alpha-crown":
+        raise UserError("--alpha-steps/--alpha-steps-check only apply to --method alpha-crown")
+    check_positive(**alpha, allow_zero=True)
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     if card.domain is None:
         raise UserError(
@@ -149,7 +167,7 @@ def certify(
             on_saved=on_saved, on_start=start, backend=ray,
             method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
             iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
-            joint_slopes=joint_slopes, **({"bab": True, "bab_time": bab_time} if bab else {}),
+            joint_slopes=joint_slopes, **alpha, **({"bab": True, "bab_time": bab_time} if bab else {}),
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.stop()

@@ -241,14 +241,19 @@ class RecurrentBoundedModel(BoundedModel):
         return self._backward(g.output, lam, state, g.steps_of(lower), g.steps_of(upper), linear=True)
 
     def _lower(self, lam, lower, upper, method, alpha_steps, alpha_lr, state, slopes=None) -> Tensor:  # type: ignore[override]
+        joint = method == "alpha-crown" and slopes is not None and alpha_steps <= 0
         if state is None:
-            state = self.propagate(lower, upper, "crown" if method == "alpha-crown" else method)
+            # A single pass with given parameters (the box optimiser's joint mode) needs no CROWN
+            # pass beside it: any parameters give a sound bound. That halves its cost.
+            state = self.propagate(
+                lower, upper, "crown" if method == "alpha-crown" else method, params=slopes if joint else None
+            )
         g = self.net
         xl, xu = g.steps_of(lower), g.steps_of(upper)
         out = self._backward(g.output, lam, state, xl, xu, linear=False)
         if method != "ibp":
             out = torch.maximum(out, self.final_bound(lam, state, lower, upper))
-        if method == "alpha-crown":  # never looser than CROWN: the max with it
+        if method == "alpha-crown" and alpha_steps > 0 and not joint:  # never looser than CROWN: the max
             out = torch.maximum(out, optimised_bound(self, lam, lower, upper, alpha_steps, alpha_lr, slopes))
         return out
 

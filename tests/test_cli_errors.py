@@ -66,6 +66,23 @@ CASES = [
         ["certify", "mnist-mlp", "--out", "{d}/o_js", "--no-joint-slopes"],
         "only applies to --method alpha-crown",
     ),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/o_as", "--alpha-steps", "2"],
+        "only apply to --method alpha-crown",
+    ),
+    (
+        [
+            "certify",
+            "mnist-lstm",
+            "--out",
+            "{d}/o_as2",
+            "--method",
+            "alpha-crown",
+            "--alpha-steps-check",
+            "-1",
+        ],
+        "--alpha-steps-check must be 0 or more",
+    ),
     (["certify", "mnist-mlp", "--out", "{d}/a_file"], "is a file, not a directory"),
     (["certify", "mnist-mlp", "--out", "{d}/o1", "--device", "tpu"], "unknown device 'tpu'"),
     (["certify", "mnist-mlp", "--out", "{d}/o2", "--batch-size", "0"], "--batch-size must be at least 1"),
