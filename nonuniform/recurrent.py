@@ -102,10 +102,8 @@ class RecurrentBoundedModel(BoundedModel):
         def lines(r: Ref, act: Relaxation) -> LinearRelaxation:
             key = (r.node, type(act))
             if key not in cache:
-                rel = act.relax(lo[r.node], hi[r.node], mode)
-                if params is not None:
-                    rel = params.lines(r.node, act, rel, lo[r.node], hi[r.node])
-                cache[key] = rel
+                rel = params.lines(r.node, act, lo[r.node], hi[r.node]) if params is not None else None
+                cache[key] = act.relax(lo[r.node], hi[r.node], mode) if rel is None else rel
                 used.append((r.node, act))
             return LinearRelaxation(*(t[..., r.start : r.stop] for t in cache[key].astuple()))
 

@@ -7,9 +7,12 @@ ReLU slopes, and as R2 tunes convex combinations of candidate bounds for recurre
 * gate products ``p(x) * q(y)`` (:class:`~nonuniform.gates.Product`): the weight of the first of
   the two candidate planes per side, in [0, 1] (a convex combination of sound planes is sound);
   CROWN's value is the centre-gap blend;
-* S-shaped lines (tanh/sigmoid, on their own or inside a gate): a weight ``s`` in [0, 1] between
-  CROWN's line and the flat line through f(l) (lower) or f(u) (upper); both hold on [l, u] because
-  f increases, so their convex combination does too; CROWN's value is ``s = 1``;
+* S-shaped lines (tanh/sigmoid, on their own or inside a gate): the tangent point of each line
+  wherever a tangent is sound (on the concave side of the upper line anywhere in [l, u]; on a
+  straddling interval anywhere in [d*(l), u]), in [0, 1] across that range
+  (:meth:`~nonuniform.relaxations.SShaped.relax_at`); CROWN's values are the midpoint and d*.
+  (A first version blended CROWN's line with the flat line f(l)/f(u): it gained nothing on the
+  tanh RNN.);
 * ReLU/LeakyReLU lines: the lower slope in [negative_slope, 1] (CROWN's value: its adaptive one).
 
 One parameter set per sample and neuron is shared by every bound target (the final pass and the
@@ -61,23 +64,15 @@ class RecurrentParams:
             for k, t in self.values.items():
                 t.clamp_(*self.ranges[k])
 
-    def lines(
-        self, node: int, act: Relaxation, rel: LinearRelaxation, l: Tensor, u: Tensor
-    ) -> LinearRelaxation:
-        """``act``'s lines on node ``node`` (bounds ``l``, ``u`` ``(batch, n)``) with the parameters."""
+    def lines(self, node: int, act: Relaxation, l: Tensor, u: Tensor) -> LinearRelaxation | None:
+        """``act``'s lines on node ``node`` (bounds ``l``, ``u`` ``(batch, n)``) with the
+        parameters, or None when there are none for it (then CROWN's)."""
         t = self.values.get(line_key(node, act))
         if t is None:
-            return rel
+            return None
         if isinstance(act, PiecewiseLinear):
             return act.relax(l, u, "crown", alpha=t.unsqueeze(1))
-        s_lo, s_up = t[:, 0:1], t[:, 1:2]
-        f_l, f_u = act.f(l).unsqueeze(1), act.f(u).unsqueeze(1)
-        return LinearRelaxation(
-            s_lo * rel.lower_slope,
-            s_lo * rel.lower_bias + (1 - s_lo) * f_l,
-            s_up * rel.upper_slope,
-            s_up * rel.upper_bias + (1 - s_up) * f_u,
-        )
+        return act.relax_at(l, u, t)  # type: ignore[attr-defined]
 
     def plane_weights(self, node: int) -> Tensor | None:
         return self.values.get(f"plane:{node}")
@@ -100,8 +95,7 @@ def initial_params(state) -> RecurrentParams:
         if isinstance(act, PiecewiseLinear):
             values[key], ranges[key] = act.default_alpha(l, u), (act.negative_slope, 1.0)
         elif isinstance(act, SShaped):
-            values[key] = torch.ones(l.shape[0], 2, l.shape[1], dtype=l.dtype, device=l.device)
-            ranges[key] = (0.0, 1.0)
+            values[key], ranges[key] = act.default_tangents(l, u), (0.0, 1.0)
     return RecurrentParams(values, ranges)
 
 

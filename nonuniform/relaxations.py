@@ -229,14 +229,19 @@ class SShaped(Relaxation):
         out = d.to(l.dtype)
         return torch.where(out.double() < d, torch.nextafter(out, torch.full_like(out, math.inf)), out)
 
-    def _upper(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    def _upper(self, l: Tensor, u: Tensor, s: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The upper line on [l, u]; ``s`` in [0, 1] (optional) places the tangent point where
+        any tangent is sound: d = l + s (u - l) on the concave part (CROWN: s = 1/2, the
+        midpoint), d = d* + s (u - d*) on straddling intervals that take a tangent (CROWN: s = 0;
+        h(d) = f(d) + f'(d)(l - d) - f(l) increases for d > 0, so every d >= d* passes above
+        (l, f(l)))."""
         fl, fu = self.f(l), self.f(u)
         tiny = (u - l) <= TINY_WIDTH
         width = torch.where(tiny, torch.ones_like(l), u - l)
         chord_slope = (fu - fl) / width
         chord_bias = fl - chord_slope * l
 
-        mid = (l + u) / 2
+        mid = (l + u) / 2 if s is None else l + s * (u - l)
         mid_slope = self.derivative(mid)
         mid_bias = self.f(mid) - mid_slope * mid
 
@@ -255,6 +260,8 @@ class SShaped(Relaxation):
                 0.0,
             )
         d = d + dd_dl * (l - ld)
+        if s is not None:
+            d = d + s * (u - d).clamp(min=0)
         tan_slope = self.derivative(d)
         tan_bias = self.f(d) - tan_slope * d
 
@@ -266,11 +273,23 @@ class SShaped(Relaxation):
         return slope, bias
 
     def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
-        up_slope, up_bias = self._upper(l, u)
-        neg_slope, neg_bias = self._upper(-u, -l)
+        return self.relax_at(l, u)
+
+    def relax_at(self, l: Tensor, u: Tensor, tangents: Tensor | None = None) -> LinearRelaxation:
+        """CROWN's lines, or with ``tangents`` ``(batch, 2, *features)`` in [0, 1] the lines whose
+        tangent points they place (lower line first; see :meth:`_upper`): alpha-CROWN's free
+        parameters for S-shaped activations, sound for every value."""
+        s_lo, s_up = (None, None) if tangents is None else (tangents[:, 0], tangents[:, 1])
+        up_slope, up_bias = self._upper(l, u, s_up)
+        neg_slope, neg_bias = self._upper(-u, -l, s_lo)
         # f(z) = s - f(-z) >= s - (a*(-z) + b) = a*z + (s - b)
         low_slope, low_bias = neg_slope, self.symmetry - neg_bias
         return LinearRelaxation(*(t.unsqueeze(1) for t in (low_slope, low_bias, up_slope, up_bias)))
+
+    def default_tangents(self, l: Tensor, u: Tensor) -> Tensor:
+        """The ``tangents`` that give CROWN's lines: ``(batch, 2, *features)``."""
+        half, zero = torch.full_like(l, 0.5), torch.zeros_like(l)
+        return torch.stack([torch.where(u <= 0, half, zero), torch.where(l >= 0, half, zero)], 1)
 
 
 class Sigmoid(SShaped):

@@ -114,3 +114,26 @@ def test_tangent_points_never_fall_below_the_exact_point(act, dtype):
         above = act.f(mid) + act.derivative(mid) * (l64[sel] - mid) - act.f(l64[sel]) >= 0
         hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
     assert (d[sel] - hi).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("act", [Sigmoid(), Tanh()], ids=["sigmoid", "tanh"])
+def test_optimisable_tangent_points_are_sound_for_every_value(act):
+    """relax_at: lines with the tangent points placed by any value in [0, 1] (ends included)
+    hold on the whole interval, and CROWN's values give CROWN's lines exactly."""
+    g = torch.Generator().manual_seed(21)
+    a = torch.randn(4000, generator=g, dtype=torch.float64) * 4
+    b = a + torch.rand(4000, generator=g, dtype=torch.float64) * 8
+    l, u = a[None], b[None]
+    crown = act.relax(l, u, "crown")
+    same = act.relax_at(l, u, act.default_tangents(l, u))
+    for x, y in zip(crown.astuple(), same.astuple()):
+        assert torch.allclose(x, y, atol=1e-12)
+    z = l + (u - l) * torch.rand(64, 4000, generator=g, dtype=torch.float64)
+    z = torch.cat([z, l, u])
+    for seed in range(3):
+        s = torch.rand(1, 2, 4000, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        s = torch.where(s < 0.2, 0.0, torch.where(s > 0.8, 1.0, s))
+        r = act.relax_at(l, u, s)
+        f = act.f(z)
+        assert (r.lower_slope[:, 0] * z + r.lower_bias[:, 0] <= f + 1e-12).all()
+        assert (r.upper_slope[:, 0] * z + r.upper_bias[:, 0] >= f - 1e-12).all()
