@@ -21,7 +21,10 @@ from its sources, intersected with a CROWN back-substitution down to the inputs 
 scheme), unless it depends on inputs and constants only or is a scalar multiple of one source
 (then the interval is exact). The final
 bound is intersected with the interval bound at the last nonlinear nodes, so no method is
-looser than ``ibp``.
+looser than ``ibp``. ``alpha-crown`` replaces CROWN's fixed choices (gate-plane blend, tangent
+points, ReLU slopes) by optimised parameters (:mod:`.recurrent_alpha`) and keeps the max with
+CROWN's bound. Bidirectional layers are a second chain over the same input nodes
+(:mod:`.recurrent_graph`).
 
 Shapes: boxes ``(batch, *input_shape)`` read as ``(batch, time, features)``; ``lam``
 ``(batch or 1, specs, node size)``; bounds ``(batch, specs)``.
