@@ -115,8 +115,8 @@ def regimes_section(args) -> list[str]:
         "certified radius when only the steps of one quarter of the sequence move one at a time.",
         "",
         "| data | regime | clean acc. | PGD acc. @0.03 | certified | uniform log radius | non-uniform "
-        "log radius | step radius 0-6 | 7-13 | 14-20 | 21-27 | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "log radius | step radius 0-6 | 7-13 | 14-20 | 21-27 | train s | verify |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for dataset in ("mnist", "fashion-mnist"):
         tr = load_dataset(dataset, "train", args.data_dir)
@@ -135,12 +135,14 @@ def regimes_section(args) -> list[str]:
             ok = res.certified
             uni = mean_finite(np.where(ok, res.uniform_mean_log_radius, np.nan))
             non = mean_finite(np.where(ok, res.mean_log_radius, np.nan))
+            report = verify_boxes(model, res)
+            verdict = f"OK ({report.certified})" if report.ok else f"FAILED {report.to_dict()}"
             steps = step_robustness(model, te.inputs[: args.step_count], te.labels[: args.step_count])
             med, _, _ = steps.profile()
             quarters = " | ".join(f"{10 ** np.median(med[k : k + 7]):.3f}" for k in (0, 7, 14, 21))
             lines.append(
                 f"| {dataset} | {regime} | {clean:.3f} | {pgd:.3f} | {int(ok.sum())}/{len(x)} | {uni:.3f} "
-                f"| {non:.3f} | {quarters} | {train_s:.0f} |"
+                f"| {non:.3f} | {quarters} | {train_s:.0f} | {verdict} |"
             )
             print(lines[-1], flush=True)
     return lines
