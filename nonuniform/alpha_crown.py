@@ -93,18 +93,17 @@ def initial_slopes(bm, state, specs: int) -> Slopes:
     return Slopes(inter, {j: copies(j, specs) for j in ops})
 
 
-def row_relaxations(ops, relax: dict, pre: dict, table: dict[int, Tensor], neurons: Tensor, n: int) -> dict:
+def row_relaxations(ops, relax: dict, pre: dict, table: dict[int, Tensor], rows: Tensor) -> dict:
     """``relax`` with each row's own lower slopes at the ops of ``table``.
 
-    ``neurons`` (batch, k): the neurons whose lower- and upper-bound rows are being computed
-    (rows ``neurons`` and ``neurons + n`` of each slope tensor)."""
-    b, k = neurons.shape
-    rows = torch.cat([neurons, neurons + n], 1)
+    ``rows`` (batch, k): the slope rows of the bounds being computed (``n`` + neuron for the
+    lower bound of neuron ``n``'s upper-bound row, the neuron itself for its lower bound)."""
+    b, k = rows.shape
     out = dict(relax)
     for j, slopes in table.items():
         flat = slopes.flatten(2)
-        picked = flat.gather(1, rows[:, :, None].expand(b, 2 * k, flat.shape[2]))
-        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=picked.reshape(b, 2 * k, *slopes.shape[2:]))
+        picked = flat.gather(1, rows[:, :, None].expand(b, k, flat.shape[2]))
+        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=picked.reshape(b, k, *slopes.shape[2:]))
     return out
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import ChannelAffineOp, ConvOp
-from .relaxations import LinearRelaxation
+from .relaxations import LinearRelaxation, lower_plus
 
 
 def _chain(net, src: int, relax: dict) -> list[int] | None:
@@ -158,21 +158,28 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
             patch = patch * _windows(inside, ph, pw, stride, offset, (ho, wo), pos)
         else:
             r: LinearRelaxation = relax[j]
-            if r.zero_lower_bias:  # ReLU-like: the same numbers in fewer passes (as in r.backward)
-                maps = [t[:, 0] for t in (r.lower_slope, r.upper_slope, r.upper_bias)]
-                ls, us, ub = (_windows(t, ph, pw, stride, offset, (ho, wo), pos) for t in maps)
-                bias = bias + (patch.clamp(max=0) * ub).flatten(2).sum(-1)
-                patch = patch * torch.where(patch >= 0, ls, us)
-                continue
-            maps = [t[:, 0] for t in (r.lower_slope, r.upper_slope, r.lower_bias, r.upper_bias)]
-            ls, us, lb, ub = (_windows(t, ph, pw, stride, offset, (ho, wo), pos) for t in maps)
-            pos_p, neg_p = patch.clamp(min=0), patch.clamp(max=0)
-            bias = bias + (pos_p * lb + neg_p * ub).flatten(2).sum(-1)
-            patch = pos_p * ls + neg_p * us
+            # Windows of a_lo, a_up - a_lo and the biases; lam' = lam * a_lo + min(lam, 0) * (a_up - a_lo)
+            # (three passes, as in LinearRelaxation.backward).
+            maps = [r.lower_slope[:, 0], (r.upper_slope - r.lower_slope)[:, 0], r.upper_bias[:, 0]]
+            if not r.zero_lower_bias:
+                maps += [r.lower_bias[:, 0]]
+            win = _windows(torch.cat(maps, 1), ph, pw, stride, offset, (ho, wo), pos).split(patch.shape[2], 2)
+            neg = patch.clamp(max=0)
+            if r.zero_lower_bias:
+                bias = bias + torch.linalg.vecdot(neg.flatten(2), win[2].flatten(2))
+            else:
+                bias = bias + torch.linalg.vecdot(patch.flatten(2), win[3].flatten(2))
+                bias = bias + torch.linalg.vecdot(neg.flatten(2), (win[2] - win[3]).flatten(2))
+            patch = lower_plus(patch, win[0], neg, win[1])
     ph, pw = patch.shape[-2:]
-    centre = _windows((upper + lower) / 2, ph, pw, stride, offset, (ho, wo), pos)
-    radius = _windows((upper - lower) / 2, ph, pw, stride, offset, (ho, wo), pos)
-    return bias + (patch * centre).flatten(2).sum(-1) - (patch.abs() * radius).flatten(2).sum(-1)
+    box = torch.cat([(upper + lower) / 2, (upper - lower) / 2], 1)
+    centre, radius = _windows(box, ph, pw, stride, offset, (ho, wo), pos).flatten(3).split(patch.shape[2], 2)
+    patch = patch.flatten(2)
+    return (
+        bias
+        + torch.linalg.vecdot(patch, centre.flatten(2))
+        - torch.linalg.vecdot(patch.abs(), radius.flatten(2))
+    )
 
 
 __all__ = ["patch_bounds", "patch_size"]

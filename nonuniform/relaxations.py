@@ -51,14 +51,35 @@ class LinearRelaxation:
         return self.lower_slope, self.lower_bias, self.upper_slope, self.upper_bias
 
     def backward(self, lam: Tensor) -> tuple[Tensor, Tensor]:
-        """Lower bound of ``lam . act(z)`` as ``lam' . z + bias``: returns (lam', bias (batch, specs))."""
+        """Lower bound of ``lam . act(z)`` as ``lam' . z + bias``: returns (lam', bias (batch, specs)).
+
+        Written as ``lam * a_lo + min(lam, 0) * (a_up - a_lo)`` with the bias as dot products:
+        three passes over ``lam`` instead of nine (these tensors are the CNN bound's largest).
+        """
         neg = lam.clamp(max=0)
-        if self.zero_lower_bias:  # 5 passes over lam instead of 9: the same numbers
-            bias = (neg * self.upper_bias).flatten(2).sum(-1)
-            return lam * torch.where(lam >= 0, self.lower_slope, self.upper_slope), bias
-        pos = lam.clamp(min=0)
-        bias = (pos * self.lower_bias + neg * self.upper_bias).flatten(2).sum(-1)
-        return pos * self.lower_slope + neg * self.upper_slope, bias
+        if self.zero_lower_bias:
+            bias = feature_dot(neg, self.upper_bias)
+        else:
+            bias = feature_dot(lam, self.lower_bias) + feature_dot(neg, self.upper_bias - self.lower_bias)
+        return lower_plus(lam, self.lower_slope, neg, self.upper_slope - self.lower_slope), bias
+
+
+def feature_dot(a: Tensor, w: Tensor) -> Tensor:
+    """``(a * w)`` summed over the feature dims: a (batch, rows, *f), w broadcastable -> (batch, rows).
+
+    A ``w`` shared by all rows (rows axis 1) is a batched matrix-vector product, which does not
+    materialise the product."""
+    if w.dim() == a.dim() and w.shape[1] == 1 and w.shape[2:] == a.shape[2:]:
+        return torch.matmul(a.flatten(2), w.flatten(2).transpose(1, 2)).squeeze(-1)
+    return (a * w).flatten(2).sum(-1)
+
+
+def lower_plus(lam: Tensor, slope: Tensor, neg: Tensor, extra: Tensor) -> Tensor:
+    """``lam * slope + neg * extra`` in two passes (in place when the shapes allow it)."""
+    out = lam * slope
+    if out.shape == torch.broadcast_shapes(out.shape, neg.shape, extra.shape):
+        return out.addcmul_(neg, extra)
+    return torch.addcmul(out, neg, extra)
 
 
 class Relaxation:

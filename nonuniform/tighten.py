@@ -14,9 +14,9 @@ from torch import Tensor
 
 from .alpha_crown import Slopes, row_relaxations
 from .interval import intersect_rows
-from .network import Activation, AffineOp
+from .network import AffineOp
 from .patches import patch_bounds, patch_size
-from .relaxations import LinearRelaxation
+from .relaxations import LinearRelaxation, PiecewiseLinear
 
 #: Intermediate bounds of convolutional chains use patch rows; False forces dense rows (the tests
 #: compare both).
@@ -30,6 +30,26 @@ MEMORY_BUDGET = 2**28
 def uses_patches(bm, i: int, relax: dict[int, LinearRelaxation]) -> int:
     """Elements of the largest patch row below the input of ``ops[i]``; 0 for dense rows."""
     return patch_size(bm.net, bm.net.ops[i].inputs[0], relax) if PATCHES else 0
+
+
+def one_sided(bm, i: int) -> bool:
+    """True when a neuron whose upper bound is <= 0 needs no lower bound: a ReLU (zero on the
+    whole interval: relaxation and output interval ignore the lower bound) that is the only
+    consumer of its input (no other op reads the interval)."""
+    op = bm.net.ops[i]
+    if not isinstance(op.relaxation, PiecewiseLinear) or op.relaxation.negative_slope != 0.0:
+        return False
+    src = op.inputs[0]
+    return sum(src in other.inputs for other in bm.net.ops) == 1
+
+
+def _order(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, the indices of ``mask``'s neurons first (index order), padded to the largest
+    count: (order, valid), both (batch, kmax)."""
+    counts = mask.sum(1)
+    kmax = int(counts.max())
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :kmax]
+    return order, torch.arange(kmax, device=mask.device)[None, :] < counts[:, None]
 
 
 def tighten(
@@ -48,57 +68,93 @@ def tighten(
     """CROWN bounds for the neurons at the input of nonlinear op ``ops[i]`` that need them,
     intersected with the interval ``(l, u)``.
 
-    The affine ops between ``ops[i]`` and the nonlinear ops below it do not depend on the sample,
-    so they run once on the union of needed neurons (batch axis 1), and each sample gathers its
-    rows from the result. With ``slopes`` holding a set for target ``i``, each row uses its own
-    lower slopes at the ReLUs below (``pre``: their input bounds).
+    ReLUs (:func:`one_sided`) go in two rounds: upper bounds first, then lower bounds only where
+    the upper bound stayed positive (the same result: a ReLU with ``u <= 0`` is zero whatever
+    ``l`` is). At mnist-cnn-small's certified boxes about half the neurons IBP calls unstable are
+    inactive by CROWN, so this saves a quarter of the rows or more. Other ops get both bounds in
+    one round.
     """
-    op: Activation = bm.net.ops[i]  # type: ignore[assignment]
-    src = op.inputs[0]
+    op = bm.net.ops[i]
     b = l.shape[0]
     need = op.relaxation.needs_bounds(l, u).reshape(b, -1)
-    counts = need.sum(1)
-    kmax = int(counts.max())
-    if kmax == 0:
+    if not bool(need.any()):
         return l, u
-    n = need.shape[1]
-    # Per-sample neuron lists: needed neurons first (stable sort keeps index order).
-    order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :kmax]
-    valid = torch.arange(kmax, device=l.device)[None, :] < counts[:, None]
+    rows = _Rows(bm, i, need, relax, lower, upper, iv, pre, patch_elems, slopes)
     lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-    if patch_elems:  # convolutional chain below: rows as receptive-field patches
-        chunk = max(1, MEMORY_BUDGET // (2 * b * patch_elems))
-        outs_l, outs_u = [], []
-        for part in torch.arange(kmax, device=l.device).split(chunk):
-            neuron = order[:, part] + 1
-            out = patch_bounds(bm.net, src, torch.cat([neuron, -neuron], 1), relax, lower, upper)
-            outs_l.append(out[:, : part.numel()])
-            outs_u.append(-out[:, part.numel() :])
-        return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
-    table = None if slopes is None else slopes.inter.get(i)
-    union = need.any(0).nonzero().squeeze(1)
-    k_u = union.numel()
-    # Shared affine prefix: one-hot rows of the union, batch axis 1.
-    rows = torch.zeros(k_u, n, dtype=l.dtype, device=l.device)
-    rows[torch.arange(k_u, device=l.device), union] = 1.0
-    lam_u = torch.cat([rows, -rows]).reshape(1, 2 * k_u, *bm.net.ops[src].out_shape)
-    pending: dict[int, Tensor] = {src: lam_u}
-    bias_u = torch.zeros(1, 2 * k_u, dtype=l.dtype, device=l.device)
-    j = src
-    while j >= 0 and (j not in pending or isinstance(bm.net.ops[j], AffineOp)):
-        if j in pending:
-            bias_u = bm._affine_step(j, pending, bias_u)
-        j -= 1
-    pos = torch.full((n,), 0, dtype=torch.long, device=l.device)
-    pos[union] = torch.arange(k_u, device=l.device)
-    pos = torch.where(valid, pos[order], 0)  # (b, kmax) row of each neuron in lam_u
-    chunk = max(1, MEMORY_BUDGET // (2 * b * bm.net.max_width(src + 1)))
-    outs_l, outs_u = [], []
-    for part in torch.arange(kmax, device=l.device).split(chunk):
-        sel = torch.cat([pos[:, part], pos[:, part] + k_u], 1)  # (b, 2k)
+    if not one_sided(bm, i):  # both bounds of every needed neuron, in one round
+        order, valid = _order(need)
+        k = order.shape[1]
+        upper_half = torch.arange(2 * k, device=l.device).expand(b, -1) >= k
+        out = rows.bounds(torch.cat([order, order], 1), upper_half)
+        lf, uf = intersect_rows(lf, uf, lf, uf, order, valid, out[:, :k], -out[:, k:])
+        return lf.reshape(l.shape), uf.reshape(u.shape)
+    order, valid = _order(need)
+    lf, uf = rows.intersect(lf, uf, order, valid, torch.ones_like(valid))  # upper bounds
+    still = need & (uf > 0)
+    if bool(still.any()):
+        order, valid = _order(still)
+        lf, uf = rows.intersect(lf, uf, order, valid, torch.zeros_like(valid))  # lower bounds
+    return lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+class _Rows:
+    """Lower bounds of signed neurons ``+-z[n]`` at the input of ``ops[i]`` by backward rows."""
+
+    def __init__(self, bm, i, need, relax, lower, upper, iv, pre, patch_elems, slopes) -> None:
+        self.bm, self.src, self.need, self.relax = bm, bm.net.ops[i].inputs[0], need, relax
+        self.lower, self.upper, self.iv, self.pre, self.patch_elems = lower, upper, iv, pre, patch_elems
+        self.table = None if slopes is None else slopes.inter.get(i)
+        self.prefix: tuple | None = None
+
+    def intersect(self, lf: Tensor, uf: Tensor, order: Tensor, valid: Tensor, neg: Tensor):
+        """``(lf, uf)`` (batch, n) intersected with the bounds of the rows ``order`` (batch, K, no
+        repeats): the upper bound where ``neg``, else the lower bound; ``valid`` marks real rows."""
+        out = self.bounds(order, neg)
+        inf = torch.full_like(out, float("inf"))
+        crown_l, crown_u = torch.where(neg, -inf, out), torch.where(neg, -out, inf)
+        return intersect_rows(lf, uf, lf, uf, order, valid, crown_l, crown_u)
+
+    def bounds(self, order: Tensor, neg: Tensor) -> Tensor:
+        """Lower bounds of ``-z[order]`` where ``neg``, else of ``z[order]``: (batch, K)."""
+        b, n = self.need.shape
+        width = self.patch_elems or self.bm.net.max_width(self.src + 1)
+        chunk = max(1, MEMORY_BUDGET // (b * width))
+        parts = [self._bound(order[:, s], neg[:, s], n) for s in torch.arange(order.shape[1]).split(chunk)]
+        return torch.cat(parts, 1)
+
+    def _bound(self, order: Tensor, neg: Tensor, n: int) -> Tensor:
+        bm, src = self.bm, self.src
+        if self.patch_elems:  # convolutional chain below: rows as receptive-field patches
+            signed = torch.where(neg, -(order + 1), order + 1)
+            return patch_bounds(bm.net, src, signed, self.relax, self.lower, self.upper)
+        if self.prefix is None:
+            self.prefix = self._prefix(n)
+        pending, bias_u, j, pos, k_u = self.prefix
+        sel = pos[order] + k_u * neg.long()  # (b, K) row of each signed neuron in the prefix
         gathered = {k: v[0][sel] for k, v in pending.items()}
-        rel = relax if table is None else row_relaxations(bm.net.ops, relax, pre, table, order[:, part], n)
-        out = bm._backward(gathered, j, rel, lower, upper, iv, bias_u[0][sel])
-        outs_l.append(out[:, : part.numel()])
-        outs_u.append(-out[:, part.numel() :])
-    return intersect_rows(l, u, lf, uf, order, valid, torch.cat(outs_l, 1), torch.cat(outs_u, 1))
+        rel = self.relax
+        if self.table is not None:
+            rel = row_relaxations(bm.net.ops, rel, self.pre, self.table, order + n * neg.long())
+        return bm._backward(gathered, j, rel, self.lower, self.upper, self.iv, bias_u[0][sel])
+
+    def _prefix(self, n: int) -> tuple:
+        """The affine ops between ``ops[src]`` and the nonlinear ops below it do not depend on the
+        sample, so they run once on the union of needed neurons (one-hot rows of both signs, batch
+        axis 1); each sample gathers its rows from the result."""
+        bm, src, dev, dt = self.bm, self.src, self.lower.device, self.lower.dtype
+        union = self.need.any(0).nonzero().squeeze(1)
+        k_u = union.numel()
+        rows = torch.zeros(k_u, n, dtype=dt, device=dev)
+        rows[torch.arange(k_u, device=dev), union] = 1.0
+        pending: dict[int, Tensor] = {
+            src: torch.cat([rows, -rows]).reshape(1, 2 * k_u, *bm.net.ops[src].out_shape)
+        }
+        bias_u = torch.zeros(1, 2 * k_u, dtype=dt, device=dev)
+        j = src
+        while j >= 0 and (j not in pending or isinstance(bm.net.ops[j], AffineOp)):
+            if j in pending:
+                bias_u = bm._affine_step(j, pending, bias_u)
+            j -= 1
+        pos = torch.zeros(n, dtype=torch.long, device=dev)
+        pos[union] = torch.arange(k_u, device=dev)
+        return pending, bias_u, j, pos, k_u
