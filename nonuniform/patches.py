@@ -87,9 +87,12 @@ def _windows(maps: Tensor, ph: int, pw: int, stride, offset, out_hw, pos: Tensor
     cols = F.unfold(padded, (ph, pw), stride=(sy, sx))  # (B, C*ph*pw, L)
     n_x = (padded.shape[-1] - pw) // sx + 1
     col = (pos // wo) * n_x + pos % wo  # (B, K)
-    n = col.shape[0]
-    picked = cols.expand(n, -1, -1).gather(2, col[:, None, :].expand(n, cols.shape[1], col.shape[1]))
-    return picked.permute(0, 2, 1).reshape(n, col.shape[1], c, ph, pw)
+    n, k = col.shape
+    # One row per (sample, window) then index_select: the rows come out in the patch layout
+    # (a gather along the last axis would need a transposing copy, ~3x slower).
+    table = cols.transpose(1, 2).expand(n, -1, -1).reshape(-1, cols.shape[1])  # (B*L, C*ph*pw)
+    flat = (col + torch.arange(n, device=col.device)[:, None] * cols.shape[2]).reshape(-1)
+    return table.index_select(0, flat).reshape(n, k, c, ph, pw)
 
 
 #: Largest transposed convolution (input x output elements of one patch) applied as one matrix.
@@ -163,7 +166,7 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
             maps = [r.lower_slope[:, 0], (r.upper_slope - r.lower_slope)[:, 0], r.upper_bias[:, 0]]
             if not r.zero_lower_bias:
                 maps += [r.lower_bias[:, 0]]
-            win = _windows(torch.cat(maps, 1), ph, pw, stride, offset, (ho, wo), pos).split(patch.shape[2], 2)
+            win = [_windows(t, ph, pw, stride, offset, (ho, wo), pos) for t in maps]
             neg = patch.clamp(max=0)
             if r.zero_lower_bias:
                 bias = bias + torch.linalg.vecdot(neg.flatten(2), win[2].flatten(2))
@@ -172,14 +175,10 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
                 bias = bias + torch.linalg.vecdot(neg.flatten(2), (win[2] - win[3]).flatten(2))
             patch = lower_plus(patch, win[0], neg, win[1])
     ph, pw = patch.shape[-2:]
-    box = torch.cat([(upper + lower) / 2, (upper - lower) / 2], 1)
-    centre, radius = _windows(box, ph, pw, stride, offset, (ho, wo), pos).flatten(3).split(patch.shape[2], 2)
+    twice = (upper + lower, upper - lower)  # 2 x centre, 2 x radius
+    window = [_windows(t, ph, pw, stride, offset, (ho, wo), pos).flatten(2) for t in twice]
     patch = patch.flatten(2)
-    return (
-        bias
-        + torch.linalg.vecdot(patch, centre.flatten(2))
-        - torch.linalg.vecdot(patch.abs(), radius.flatten(2))
-    )
+    return bias + (torch.linalg.vecdot(patch, window[0]) - torch.linalg.vecdot(patch.abs(), window[1])) / 2
 
 
 __all__ = ["patch_bounds", "patch_size"]
