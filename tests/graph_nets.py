@@ -49,6 +49,27 @@ class TinyResNet(nn.Module):
         return self.fc(feats * 0.5 - 0.1)
 
 
+class StridedResNet(nn.Module):
+    """resnet_2b's shape at 1x24x24: strided convs, a block with a strided 1x1 shortcut, a block
+    with an identity shortcut, then a dense head -- residual adds where patch rows apply."""
+
+    def __init__(self, seed: int = 0, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Conv2d(1, 3, 3, 2, 1)
+        self.b1 = Block(3, 4, 2)
+        self.b2 = Block(4, 4, 1)
+        self.fc = nn.Linear(4 * 6 * 6, classes)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.fc(self.b2(self.b1(torch.relu(self.stem(x)))).flatten(1))
+
+
 class PoolNet(nn.Module):
     """A chain with overlapping max-pool windows and padding, sigmoid and a subtraction."""
 

@@ -9,9 +9,10 @@ from torch import nn
 import nonuniform.tighten as engine
 from nonuniform import compute_bounds
 from nonuniform.bounds import BoundedModel
+from nonuniform.graph_ops import AddOp
 from nonuniform.patches import patch_size
 
-from .graph_nets import TinyResNet
+from .graph_nets import StridedResNet, TinyResNet
 from .nets import cnn, random_boxes
 
 
@@ -36,6 +37,7 @@ MODELS = {
     "cnn-sigmoid": (cnn(nn.Sigmoid(), seed=22, pool=False, bn=False), (1, 8, 8)),
     "strided": (strided_cnn(23), (1, 12, 12)),
     "resnet": (TinyResNet(seed=24), (1, 8, 8)),
+    "resnet-strided": (StridedResNet(seed=25), (1, 24, 24)),
 }
 
 
@@ -70,3 +72,17 @@ def test_patches_are_used_where_they_apply():
     # the input of the second and third activations comes through convolutional chains
     convs_below = [i for i in state.pre if patch_size(bm.net, bm.net.ops[i].inputs[0], state.relaxations)]
     assert len(convs_below) == 2
+
+
+def test_patches_go_through_residual_adds():
+    """Both blocks' adds (strided 1x1 and identity shortcuts) are below patch-row targets."""
+    bm = BoundedModel(StridedResNet(0), (1, 24, 24))
+    state = bm.propagate(*random_boxes((1, 24, 24), batch=1, seed=0, max_radius=0.05))
+    adds = [i for i, op in enumerate(bm.net.ops) if isinstance(op, AddOp)]
+    below_add = [
+        i
+        for i in state.pre
+        if any(a <= bm.net.ops[i].inputs[0] for a in adds)
+        and patch_size(bm.net, bm.net.ops[i].inputs[0], state.relaxations)
+    ]
+    assert len(adds) == 2 and len(below_add) >= 2
