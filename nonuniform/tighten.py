@@ -119,7 +119,8 @@ class _Rows:
         b, n = self.need.shape
         width = self.patch_elems or self.bm.net.max_width(self.src + 1)
         chunk = max(1, MEMORY_BUDGET // (b * width))
-        parts = [self._bound(order[:, s], neg[:, s], n) for s in torch.arange(order.shape[1]).split(chunk)]
+        k = order.shape[1]
+        parts = [self._bound(order[:, s : s + chunk], neg[:, s : s + chunk], n) for s in range(0, k, chunk)]
         return torch.cat(parts, 1)
 
     def _bound(self, order: Tensor, neg: Tensor, n: int) -> Tensor:
