@@ -70,7 +70,17 @@ def alpha_section(args) -> list[str]:
         "radius | gain | s / sample | verify (alpha boxes) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    section = re.search(r"<!-- section:alpha -->(.*?)<!-- /section:alpha -->", OUT.read_text(), re.S)
+    kept = {
+        line.split("|")[1].strip(): line
+        for line in (section.group(1).splitlines() if section else [])
+        if line.startswith("| ") and line.split("|")[1].strip() in MODELS
+    }
     for name in MODELS:
+        if name not in args.models:  # keep the row of an earlier run (same settings: see the text)
+            if name in kept:
+                lines.append(kept[name])
+            continue
         model, card = load_model(name)
         x, y = load_samples(card.dataset)
         x, y = x[: args.count], y[: args.count]
@@ -152,6 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*", choices=["alpha", "regimes"], default=["alpha", "regimes"])
     ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="alpha: models to (re-)run")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--alpha-steps", type=int, default=0)
     ap.add_argument("--check-steps", type=int, default=10)
