@@ -45,11 +45,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_cnn.md"))
     ap.add_argument("--rows", nargs="+", default=["dense", "patches"], choices=["dense", "patches"])
+    kinds = ["cnn", "cifar", "resnet"]
+    ap.add_argument("--models", nargs="+", default=kinds, choices=kinds)
     args = ap.parse_args()
     x, y = load_samples("mnist")
     cases = [("mnist-cnn-small", *load_model("mnist-cnn-small"), x, y, 32, 0.02, (0.0, 1.0))]
+    cases = cases if "cnn" in args.models else []
     cifar = SHARED / "oval21" / "cifar_base_kw.onnx"
-    if cifar.exists():  # the spec centres, in the normalisation read off the specs (third_party.py)
+    # the spec centres, in the normalisation read off the specs (third_party.py)
+    if cifar.exists() and "cifar" in args.models:
         m, card = load_model(str(cifar))
         props = [parse_vnnlib(p) for p in sorted((SHARED / "oval21" / "vnnlib").glob("*.vnnlib"))]
         xc = torch.tensor(np.stack([(p.lower + p.upper) / 2 for p in props]), dtype=torch.float32)
@@ -59,7 +63,8 @@ def main() -> None:
             ("cifar_base_kw (oval21)", m, card, xc.reshape(-1, *card.input_shape), None, 8, 0.01, dom)
         )
     resnet = SHARED / "cifar10_resnet" / "resnet_2b.onnx"
-    if resnet.exists():  # ~100x the CNN's cost per image: certify 2 images only (see the table)
+    # ~100x the CNN's cost per image: certify 2 images only (see the table)
+    if resnet.exists() and "resnet" in args.models:
         m, card = load_model(str(resnet))
         specs = sorted((SHARED / "cifar10_resnet" / "vnnlib_properties_pgd_filtered").rglob("*.vnnlib"))
         props = [parse_vnnlib(p) for p in specs[:8]]

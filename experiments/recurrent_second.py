@@ -60,11 +60,13 @@ def alpha_section(args) -> list[str]:
         "## Optimised relaxations (alpha-CROWN) vs CROWN",
         "",
         f"First {args.count} embedded test images per model, {args.iterations} iterations. alpha-CROWN: "
-        "gate-plane weights, S-shaped line weights and ReLU slopes optimised jointly with the box "
-        f"(one parameter set per sample), {args.alpha_steps} parameter step(s) per bound call in the "
-        f"scale searches, and a final float64 proof that re-optimises the parameters from CROWN's "
-        f"({args.check_steps} steps). Mean log radius over certified boxes; `verify` re-checks every "
-        "alpha box (fresh float64 bound with the same proof procedure, PGD 5x50, 256 corners).",
+        "gate-plane weights, tangent points of the tanh/sigmoid lines and ReLU slopes optimised jointly "
+        "with the box (one parameter set per sample), the scale searches reuse the optimiser's parameters "
+        f"(`--alpha-steps {args.alpha_steps}`), and the final float64 proof re-optimises the parameters "
+        f"from CROWN's ({args.check_steps} steps, `--alpha-steps-check {args.check_steps}`) and keeps the "
+        "max with CROWN. Mean log radius over certified boxes; `verify` re-checks every alpha box (fresh "
+        "float64 bound with the same proof procedure, PGD 5x50, 256 corners). Batch of "
+        f"{args.count}, so seconds per sample are higher than at the default batch of 25.",
         "",
         "| model | CROWN certified | CROWN mean log radius | s / sample | alpha certified | alpha mean log "
         "radius | gain | s / sample | verify (alpha boxes) |",
