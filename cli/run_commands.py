@@ -11,6 +11,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from nonuniform import CertifyConfig
+
 from .app import (
     UserError,
     app,
@@ -35,6 +37,8 @@ from .options import (
     parse_shape,
     resolve_model,
 )
+
+DEFAULT_ITERATIONS = CertifyConfig.iterations
 
 
 @app.command()
@@ -61,7 +65,9 @@ def certify(
     per_logit: Annotated[
         bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
     ] = False,
-    iterations: Annotated[int, typer.Option(help="Augmented-Lagrangian iterations per batch.")] = 60,
+    iterations: Annotated[
+        int, typer.Option(help="Augmented-Lagrangian iterations per batch.")
+    ] = DEFAULT_ITERATIONS,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
     ] = 25,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .bab import grow_boxes, split_ops
 from .bounds import BoundedModel, margin_spec
 from .certified import BoxesFileError, CertifiedBoxes
-from .finalise import finalise, proved_margin, uniform_radius
+from .finalise import finalise, uniform_radius
 from .optimiser import optimise, polish, shaped_start
 from .problem import MIN_RADIUS, CertifyConfig, Problem, domain_tensors, radii
 
@@ -142,10 +142,12 @@ def _certify_batch(
     has_u = idx[r_u[idx] > 0]
     u_lo, u_hi = x0.clone(), x0.clone()
     u_ok = torch.zeros(b, dtype=torch.bool, device=x0.device)
+    # The proved margin of each returned box: finalise's fresh float64 proof of exactly those arrays.
+    margin = torch.full((b,), float("nan"), dtype=x0.dtype, device=x0.device)
     if len(has_u):
         r = r_u[has_u].reshape(shape).expand_as(x0[has_u])
-        lo_, hi_, ok_, _, scale = finalise(p, check_bm, r, r, has_u)
-        u_lo[has_u], u_hi[has_u], u_ok[has_u] = lo_, hi_, ok_
+        lo_, hi_, ok_, m_, scale = finalise(p, check_bm, r, r, has_u)
+        u_lo[has_u], u_hi[has_u], u_ok[has_u], margin[has_u] = lo_, hi_, ok_, m_
         r_u[has_u] = r_u[has_u] * scale
     with torch.no_grad():
         u_lv = p.mean_log_width(u_lo, u_hi) * p.n_free
@@ -165,25 +167,24 @@ def _certify_batch(
     best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(0.65 / max(cfg.iterations, 1)))
     lower, upper = u_lo.clone(), u_hi.clone()
     certified = u_ok.clone()
-    margin = torch.full((b,), float("nan"), dtype=x0.dtype, device=x0.device)
     used_uniform = u_ok.clone()
     opt_idx = u_ok.nonzero().squeeze(1)
     if len(opt_idx):
         if cfg.polish:
             best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], last_rho[opt_idx])
         r_lo, r_hi = radii(p, best_rho[opt_idx])
-        lo_, hi_, ok_, _, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
+        lo_, hi_, ok_, m_, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
         with torch.no_grad():
             lv = p.mean_log_width(lo_, hi_) * p.n_free
         take = ok_ & (lv > u_lv[opt_idx])
         sel = take.reshape(shape)
         lower[opt_idx] = torch.where(sel, lo_, u_lo[opt_idx])
         upper[opt_idx] = torch.where(sel, hi_, u_hi[opt_idx])
+        margin[opt_idx] = torch.where(take, m_, margin[opt_idx])
         used_uniform[opt_idx] = ~take
-    # Margin of the box actually returned (a fresh check of exactly those arrays).
+    margin[~certified] = float("nan")
     cert_idx = certified.nonzero().squeeze(1)
     if len(cert_idx):
-        margin[cert_idx] = proved_margin(p, check_bm, lower[cert_idx], upper[cert_idx], cert_idx)
         assert (margin[cert_idx] >= cfg.check_margin).all(), "internal error: unsound box"
         if cfg.bab:  # grow further where branch-and-bound proves it (every leaf in float64)
             c = cert_idx
