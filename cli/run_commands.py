@@ -11,8 +11,6 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from nonuniform import CertifyConfig
-
 from .app import (
     UserError,
     app,
@@ -37,8 +35,6 @@ from .options import (
     parse_shape,
     resolve_model,
 )
-
-DEFAULT_ITERATIONS = CertifyConfig.iterations
 
 
 @app.command()
@@ -66,8 +62,9 @@ def certify(
         bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
     ] = False,
     iterations: Annotated[
-        int, typer.Option(help="Augmented-Lagrangian iterations per batch.")
-    ] = DEFAULT_ITERATIONS,
+        int | None,
+        typer.Option(help="Augmented-Lagrangian iterations per batch (default 30; 60 with alpha-crown)."),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
     ] = 25,
@@ -130,7 +127,8 @@ def certify(
     from nonuniform.runs import certify_run
 
     check_positive(batch_size=batch_size)
-    check_positive(iterations=iterations, allow_zero=True)
+    if iterations is not None:
+        check_positive(iterations=iterations, allow_zero=True)
     check_seconds(bab_time=bab_time)
     if not joint_slopes and method != "alpha-crown":
         raise UserError("--no-joint-slopes only applies to --method alpha-crown")
