@@ -11,6 +11,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from nonuniform import CertifyConfig
+
 from .app import (
     UserError,
     app,
@@ -35,6 +37,8 @@ from .options import (
     parse_shape,
     resolve_model,
 )
+
+DEFAULT_ITERATIONS = CertifyConfig.iterations
 
 
 @app.command()
@@ -62,9 +66,8 @@ def certify(
         bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
     ] = False,
     iterations: Annotated[
-        int | None,
-        typer.Option(help="Augmented-Lagrangian iterations per batch (default 30; 60 with alpha-crown)."),
-    ] = None,
+        int, typer.Option(help="Augmented-Lagrangian iterations per batch.")
+    ] = DEFAULT_ITERATIONS,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
     ] = 25,
@@ -127,8 +130,7 @@ def certify(
     from nonuniform.runs import certify_run
 
     check_positive(batch_size=batch_size)
-    if iterations is not None:
-        check_positive(iterations=iterations, allow_zero=True)
+    check_positive(iterations=iterations, allow_zero=True)
     check_seconds(bab_time=bab_time)
     if not joint_slopes and method != "alpha-crown":
         raise UserError("--no-joint-slopes only applies to --method alpha-crown")

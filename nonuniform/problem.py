@@ -20,18 +20,6 @@ MIN_RADIUS = 1e-7
 MAX_RADIUS_FACTOR = 4.0
 
 
-def default_iterations(method: str) -> int:
-    """Optimiser iterations when none are given: 30, or 60 for alpha-crown, whose jointly
-    optimised slopes need the longer run.
-
-    Measured in session 8 (mu_init 0.1 vs the former 60 iterations at mu_init 1.0, mean log
-    half-width): mnist-cnn-small, 100 images, 30 iterations -3.607 vs -3.618 at half the time;
-    mnist-mlp, 100 images, -3.826 vs -3.825; mnist-mlp alpha-crown, 25 images, 30 iterations
-    -3.882 but 60 -3.877 vs -3.878 (experiments/results/bench_cnn.md).
-    """
-    return 60 if method == "alpha-crown" else 30
-
-
 @dataclass
 class CertifyConfig:
     """Settings of :func:`certify_boxes` (all recorded in the results)."""
@@ -45,13 +33,13 @@ class CertifyConfig:
     delta: float = 1e-3  # margin the optimiser must keep
     check_margin: float = 1e-4  # margin the final (float64) check must prove
     check_dtype: str = "float64"
-    # None: default_iterations(method). With the shaped warm start, 50 iterations match 100 from
-    # the uniform box (mean log radius -3.920 vs -3.916 on 20 MNIST images); 0 iterations already
-    # give 88% of the gain.
-    iterations: int | None = None
+    # With the shaped warm start, 50 iterations match 100 from the uniform box (mean log radius
+    # -3.920 vs -3.916 on 20 MNIST images); 0 iterations already give 88% of the gain. A small
+    # initial penalty lets the box grow before the constraint bites: 30 iterations at mu 0.1
+    # match 60 at mu 1 (mnist-cnn-small, 100 images: -3.607 vs -3.618; mnist-mlp -3.826 vs
+    # -3.825; session 8, experiments/results/bench_cnn.md).
+    iterations: int = 30
     lr: float = 0.05
-    # A small initial penalty lets the box grow before the constraint bites (session 8: 30
-    # iterations at 0.1 match 60 at 1.0, see default_iterations).
     mu_init: float = 0.1
     mu_growth: float = 2.0
     mu_max: float = 1e4
@@ -78,8 +66,6 @@ class CertifyConfig:
     alpha_lr: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.iterations is None:
-            self.iterations = default_iterations(self.method)
         if self.method not in METHODS:
             raise ValueError(f"unknown bound method '{self.method}'; choose one of {METHODS}")
         if self.bab and self.check_dtype != "float64":

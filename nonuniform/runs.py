@@ -31,7 +31,6 @@ import numpy as np
 from .boxes import certify_boxes
 from .certified import BoxesFileError, CertifiedBoxes
 from .distributed import RayBackend, grid_batches, run_on_ray
-from .problem import default_iterations
 
 
 class RunError(ValueError):
@@ -201,8 +200,6 @@ def certify_run(
     out = Path(out)
     record = model_record(card)
     identity_keys = ("method", "asymmetric", "clip", "per_logit", "iterations", "seed", "bab", "bab_time")
-    if options.get("iterations") is None:  # the default as a number, so a later change of it is seen
-        options["iterations"] = default_iterations(options.get("method", "crown"))
     identity = {k: options[k] for k in identity_keys if k in options}
     domain = options.get("domain", card.domain)
     identity["domain"] = [np.asarray(d, dtype=np.float64).tolist() for d in domain]
