@@ -11,8 +11,6 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from nonuniform import CertifyConfig
-
 from .app import (
     UserError,
     app,
@@ -37,8 +35,6 @@ from .options import (
     parse_shape,
     resolve_model,
 )
-
-DEFAULT_ITERATIONS = CertifyConfig.iterations
 
 
 @app.command()
@@ -66,8 +62,13 @@ def certify(
         bool, typer.Option(help="Constrain per-logit bounds (Liu et al.) instead of margins.")
     ] = False,
     iterations: Annotated[
-        int, typer.Option(help="Augmented-Lagrangian iterations per batch.")
-    ] = DEFAULT_ITERATIONS,
+        int | None,
+        typer.Option(help="Augmented-Lagrangian iterations per batch (default 0; 60 with alpha-crown)."),
+    ] = None,
+    shape_steps: Annotated[
+        int | None,
+        typer.Option(help="Balancing steps of the warm start (default 8; 0 with alpha-crown)."),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Samples optimised together (independent of each other).")
     ] = 25,
@@ -130,7 +131,8 @@ def certify(
     from nonuniform.runs import certify_run
 
     check_positive(batch_size=batch_size)
-    check_positive(iterations=iterations, allow_zero=True)
+    steps = {k: v for k, v in [("iterations", iterations), ("shape_steps", shape_steps)] if v is not None}
+    check_positive(**steps, allow_zero=True)
     check_seconds(bab_time=bab_time)
     if not joint_slopes and method != "alpha-crown":
         raise UserError("--no-joint-slopes only applies to --method alpha-crown")
@@ -172,7 +174,7 @@ def certify(
             progress=lambda n: bar.advance(task, n),
             on_saved=on_saved, on_start=start, backend=ray,
             method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
-            iterations=iterations, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
+            **steps, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
             joint_slopes=joint_slopes, **alpha, **({"bab": True, "bab_time": bab_time} if bab else {}),
         )  # fmt: skip
     except KeyboardInterrupt:

@@ -47,7 +47,12 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["dense", "patches"], choices=["dense", "patches"])
     kinds = ["cnn", "cifar", "resnet"]
     ap.add_argument("--models", nargs="+", default=kinds, choices=kinds)
+    ap.add_argument(
+        "--options", nargs="*", default=[], metavar="KEY=INT",
+        help="certify_boxes options, e.g. shape_steps=0 iterations=60 (the defaults before session 9)",
+    )  # fmt: skip
     args = ap.parse_args()
+    options = {k: int(v) for k, v in (kv.split("=") for kv in args.options)}
     x, y = load_samples("mnist")
     cases = [("mnist-cnn-small", *load_model("mnist-cnn-small"), x, y, 32, 0.02, (0.0, 1.0))]
     cases = cases if "cnn" in args.models else []
@@ -97,7 +102,9 @@ def main() -> None:
             bound_rows.append(f"| {name} | {batch} | {rows} | {t0:.2f} | {t1:.2f} | {rss:.0f} |")
             t = time.perf_counter()
             n_img = 2 if name.startswith("resnet") else args.images
-            res = certify_boxes(model, xs[:n_img], None if ys is None else ys[:n_img], domain=domain)
+            res = certify_boxes(
+                model, xs[:n_img], None if ys is None else ys[:n_img], domain=domain, **options
+            )
             sec = (time.perf_counter() - t) / n_img
             s = res.summary()
             cert_rows.append(
@@ -119,7 +126,7 @@ def main() -> None:
         "|---|---:|---|---:|---:|---:|",
         *bound_rows,
         "",
-        f"## certify (default settings, {args.images} images; the ResNet 2)",
+        f"## certify ({' '.join(args.options) or 'default settings'}, {args.images} images; the ResNet 2)",
         "",
         "| model | rows | s / image | certified | mean log half-width | uniform |",
         "|---|---|---:|---:|---:|---:|",

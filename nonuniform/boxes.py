@@ -7,6 +7,11 @@ Problem, per sample x0 with predicted class c::
     subject to lower_bound(f_c - f_j over [lo, hi]) >= delta       for every j != c
     where      lo = max(x0 - r_lo, domain_lo),  hi = min(x0 + r_hi, domain_hi)   (clip=True)
 
+Warm start: the uniform box, reshaped by the linearised problem (``shaped_start``) and grown by
+damped fixed-point steps on the optimality conditions, each rescaled onto the constraint's
+boundary (``balance``; with CROWN-type methods this is the whole optimisation by default,
+see ``solver_defaults``).
+
 Solver: the PHR augmented Lagrangian for inequality constraints with Adam steps on log-radii,
 multiplier updates every ``update_every`` steps and penalty growth when the violation does not
 shrink. Each sample has its own multipliers, penalty, Adam state and convergence test, and the
@@ -163,15 +168,18 @@ def _certify_batch(
             gain = p.mean_log_width(*p.box(*radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
         rho0[start[gain]] = shaped[gain]
     active = u_ok.clone()
-    tick(0.25)  # uniform radius and warm start
-    best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(0.65 / max(cfg.iterations, 1)))
+    al_share = 0.65 if cfg.iterations else 0.0  # progress: the rest goes to the warm start
+    tick(0.9 - al_share)  # uniform radius and warm start
+    best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(al_share / max(cfg.iterations, 1)))
     lower, upper = u_lo.clone(), u_hi.clone()
     certified = u_ok.clone()
     used_uniform = u_ok.clone()
     opt_idx = u_ok.nonzero().squeeze(1)
     if len(opt_idx):
         if cfg.polish:
-            best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], last_rho[opt_idx])
+            # Without AL iterations the last iterate is the start: one candidate.
+            last = (last_rho[opt_idx],) if cfg.iterations else ()
+            best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], *last)
         r_lo, r_hi = radii(p, best_rho[opt_idx])
         lo_, hi_, ok_, m_, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
         with torch.no_grad():

@@ -23,10 +23,11 @@ def largest_scale(
     guess: Tensor | None = None,
     method: str | None = None,
     step: float = math.log(4.0),
+    rtol: float | None = None,
 ) -> Tensor:
     """Largest certified log-scale t per sample for the box with log-radii ``t + log_shape``
     (``log_shape``: (n, *input_shape), or (n, 2, *input_shape) for asymmetric radii), to a
-    relative tolerance ``uniform_rtol``; -inf where even the smallest box fails.
+    relative tolerance ``rtol`` (default ``uniform_rtol``); -inf where even the smallest box fails.
 
     Why not plain bisection: each step is a full bound call (seconds on a CNN), and bisection over
     the whole range of radii (1e-7 to the domain's span) needs ~17 of them. Here the search starts
@@ -64,7 +65,7 @@ def largest_scale(
     side = torch.zeros(n, dtype=torch.long, device=dev)  # last end moved: 1 = a, -1 = b
     steps = torch.zeros_like(a)  # outward steps taken (at most log 4 * 2^k each)
     t0 = ((t_min + t_max) / 2 if guess is None else guess.to(dt)).clamp(t_min, t_max)
-    tol = math.log1p(cfg.uniform_rtol)
+    tol = math.log1p(cfg.uniform_rtol if rtol is None else rtol)
     for _ in range(64):
         lo_known, hi_known = torch.isfinite(a), torch.isfinite(b)
         done = (

@@ -20,6 +20,22 @@ MIN_RADIUS = 1e-7
 MAX_RADIUS_FACTOR = 4.0
 
 
+def solver_defaults(method: str) -> dict[str, int]:
+    """Warm-start balancing steps and augmented-Lagrangian iterations when none are given.
+
+    Measured in session 9 (docs/NOTES.md; mean log half-width, s per image): from the shaped
+    start, 8 balancing steps (:func:`~nonuniform.optimiser.balance`) and no AL iterations beat
+    the former 60 AL iterations on every model tried -- mnist-cnn-small -3.619 vs -3.633 at about
+    half the time, cifar_base_kw -1.316 vs -1.353, mnist-mlp -3.893 vs -3.897 at a third -- and
+    10-20 AL iterations after them add under 0.001. alpha-crown keeps 60 AL iterations and no
+    balancing: its slopes are optimised jointly with the radii only inside the AL loop
+    (mnist-mlp: -3.878 that way, -3.884 with balancing alone).
+    """
+    if method == "alpha-crown":
+        return {"shape_steps": 0, "iterations": 60}
+    return {"shape_steps": 8, "iterations": 0}
+
+
 @dataclass
 class CertifyConfig:
     """Settings of :func:`certify_boxes` (all recorded in the results)."""
@@ -33,11 +49,8 @@ class CertifyConfig:
     delta: float = 1e-3  # margin the optimiser must keep
     check_margin: float = 1e-4  # margin the final (float64) check must prove
     check_dtype: str = "float64"
-    # With the shaped warm start, 50 iterations match 100 from the uniform box (mean log radius
-    # -3.920 vs -3.916 on 20 MNIST images); 0 iterations already give 88% of the gain. Fewer
-    # iterations with a smaller initial penalty (30 at mu_init 0.1) match 60 on MNIST but lose
-    # 0.23 on cifar_base_kw (docs/NOTES.md, session 8): kept at 60 / 1.0.
-    iterations: int = 60
+    # None: solver_defaults(method) (the AL iterations after the warm start's balancing steps).
+    iterations: int | None = None
     lr: float = 0.05
     mu_init: float = 1.0
     mu_growth: float = 2.0
@@ -48,6 +61,7 @@ class CertifyConfig:
     uniform_rtol: float = 1e-3  # relative tolerance of the uniform-radius bisection
     shrink_steps: int = 14
     shaped_start: bool = True  # warm start from the linearised problem (see shaped_start)
+    shape_steps: int | None = None  # balancing steps after the shaped start (optimiser.balance)
     polish: bool = True  # scale the optimised shapes to their largest certified scale (see polish)
     # Branch-and-bound growth (nonuniform.bab.grow_boxes): each certified box is scaled up by the
     # largest factor BaB proves in float64 within `bab_time` seconds per sample. Boxes then
@@ -65,6 +79,9 @@ class CertifyConfig:
     alpha_lr: float = 0.1
 
     def __post_init__(self) -> None:
+        for key, value in solver_defaults(self.method).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.method not in METHODS:
             raise ValueError(f"unknown bound method '{self.method}'; choose one of {METHODS}")
         if self.bab and self.check_dtype != "float64":

@@ -132,8 +132,8 @@ def write_report(
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else res.summary()
     settings = res.settings
     model = settings.get("model", {"name": run_dir.name, "source": "?", "sha256": "?"})
-    shown = ("method", "asymmetric", "clip", "per_logit", "iterations", "delta", "check_margin",
-             "check_dtype", "batch_size", "seed", "input_shape", "domain")  # fmt: skip
+    shown = ("method", "asymmetric", "clip", "per_logit", "shape_steps", "iterations", "delta",
+             "check_margin", "check_dtype", "batch_size", "seed", "input_shape", "domain")  # fmt: skip
     rows = [(k, json.dumps(settings[k])[:200]) for k in shown if k in settings]
     verify = run_dir / "verify.json"
     env = jinja2.Environment(

@@ -31,6 +31,7 @@ import numpy as np
 from .boxes import certify_boxes
 from .certified import BoxesFileError, CertifiedBoxes
 from .distributed import RayBackend, grid_batches, run_on_ray
+from .problem import solver_defaults
 
 
 class RunError(ValueError):
@@ -199,7 +200,12 @@ def certify_run(
     """
     out = Path(out)
     record = model_record(card)
-    identity_keys = ("method", "asymmetric", "clip", "per_logit", "iterations", "seed", "bab", "bab_time")
+    identity_keys = (
+        "method", "asymmetric", "clip", "per_logit", "iterations", "shape_steps", "seed", "bab", "bab_time",
+    )  # fmt: skip
+    for key, value in solver_defaults(options.get("method", "crown")).items():
+        if options.get(key) is None:  # the default as a number, so a later change of it is seen
+            options[key] = value
     identity = {k: options[k] for k in identity_keys if k in options}
     domain = options.get("domain", card.domain)
     identity["domain"] = [np.asarray(d, dtype=np.float64).tolist() for d in domain]

@@ -124,7 +124,7 @@ def train(
             sched.step()
             step += 1
             if progress is not None:
-                progress(step, steps_total, float(loss))
+                progress(step, steps_total, loss.item())
     model.eval()
     with torch.no_grad():
         model(inputs[:1])  # eval mode: the weights of the last power iteration, no update

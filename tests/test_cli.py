@@ -118,7 +118,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 
 def test_recurrent_model_certify_verify_and_steps(tmp_path):
     out = tmp_path / "lstm"
-    run("certify", "mnist-lstm", "--out", out, "--count", 1, "--iterations", 3, "--no-figures")
+    run("certify", "mnist-lstm", "--out", out, "--count", 1, "--shape-steps", 2, "--no-figures")
     boxes = CertifiedBoxes.load(out / "boxes.npz")
     assert boxes.certified.all() and boxes.lower.shape == (1, 1, 28, 28)
     res = run("verify", out / "boxes.npz", "--attack-restarts", 2, "--json")

@@ -88,6 +88,7 @@ CASES = [
     (["certify", "mnist-mlp", "--out", "{d}/o2", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["certify", "mnist-mlp", "--out", "{d}/o3", "--batch-size", "-3"], "--batch-size must be at least 1"),
     (["certify", "mnist-mlp", "--out", "{d}/o4", "--iterations", "-5"], "--iterations must be 0 or more"),
+    (["certify", "mnist-mlp", "--out", "{d}/o4b", "--shape-steps", "-1"], "--shape-steps must be 0 or more"),
     (["certify", "fashion-mlp", "--out", "{d}/o5"], "trained on fashion-mnist, not mnist"),
     (["certify", "{d}/random.pt", "--out", "{d}/o6"], "not a loadable nonuniform checkpoint"),
     (["certify", "mnist-mlp", "--out", "{d}/o7", "--dataset", "{d}/nan.npz"], "NaN/inf input values"),
@@ -125,6 +126,7 @@ def test_resume_refuses_other_settings_and_keeps_what_was_written(tmp_path):
     for extra, name in [
         (["--iterations", 3, "--method", "fastlin"], "options.method"),
         (["--iterations", 4], "options.iterations"),
+        (["--iterations", 3, "--shape-steps", 2], "options.shape_steps"),
         (["--iterations", 3, "--asymmetric"], "options.asymmetric"),
         (["--iterations", 3, "--no-clip"], "options.clip"),
         (["--iterations", 3, "--seed", 1], "options.seed"),
