@@ -162,14 +162,16 @@ def _certify_batch(
     if cfg.asymmetric:
         rho0 = torch.stack([rho0, rho0.clone()], 1)
     start = u_ok.nonzero().squeeze(1)
+    al_share = 0.65 if cfg.iterations else 0.0  # progress: the rest goes to the warm start
+    tick(0.1)  # the uniform box
     if cfg.shaped_start and len(start):
-        shaped = shaped_start(p, start, rho0[start])
+        step_share = (0.8 - al_share) / max(cfg.shape_steps, 1)
+        shaped = shaped_start(p, start, rho0[start], on_step=lambda: tick(step_share))
         with torch.no_grad():
             gain = p.mean_log_width(*p.box(*radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
         rho0[start[gain]] = shaped[gain]
     active = u_ok.clone()
-    al_share = 0.65 if cfg.iterations else 0.0  # progress: the rest goes to the warm start
-    tick(0.9 - al_share)  # uniform radius and warm start
+    tick(max(0.9 - al_share - reported[0], 0.0))  # the warm start, also where its steps stopped early
     best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(al_share / max(cfg.iterations, 1)))
     lower, upper = u_lo.clone(), u_hi.clone()
     certified = u_ok.clone()

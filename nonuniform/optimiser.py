@@ -13,13 +13,14 @@ from .finalise import largest_scale
 from .problem import Problem, radii
 
 
-def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor) -> Tensor:
+def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor, on_step: Callable[[], None] | None = None) -> Tensor:
     """Warm start from the linearised problem at the uniform box.
 
     Near the uniform box, CROWN's bound of the tightest margin is about ``const - sum_i s_i r_i``
     with ``s_i = -d bound / d r_i >= 0``; maximising ``sum_i log r_i`` under one such linear
     constraint gives ``r_i proportional to 1 / s_i``. The scale of that shape is then certified by
-    bisection. Returns log-radii shaped like ``rho_u`` (-inf rows where nothing certifies).
+    bisection, and grown by :func:`balance` (``on_step`` is called after each of its steps).
+    Returns log-radii shaped like ``rho_u`` (-inf rows where nothing certifies).
     """
     rho = rho_u.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -34,7 +35,7 @@ def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor) -> Tensor:
     log_shape = (log_shape - centre.reshape((-1,) + (1,) * (log_shape.dim() - 1))).clamp(-12, 12)
     t = largest_scale(p, idx, log_shape, guess=rho_u.flatten(1)[:, 0])  # the uniform box's scale
     rho = (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape).clamp(p.log_min, p.log_max)
-    return balance(p, idx, rho) if p.cfg.shape_steps else rho
+    return balance(p, idx, rho, on_step) if p.cfg.shape_steps else rho
 
 
 #: Damping of :func:`balance`'s first step (halved per sample after each step that fails to grow
@@ -45,7 +46,7 @@ BALANCE_STEP, BALANCE_MIN_STEP, BALANCE_MAX_MOVE = 0.5, 0.1, 8.0
 BALANCE_RTOL = 3e-3
 
 
-def balance(p: Problem, idx: Tensor, rho: Tensor) -> Tensor:
+def balance(p: Problem, idx: Tensor, rho: Tensor, on_step: Callable[[], None] | None = None) -> Tensor:
     """Grow certified boxes (log-radii ``rho`` of the samples ``idx``) by damped fixed-point
     steps on the optimality conditions, each followed by an exact rescale to the boundary.
 
@@ -96,6 +97,8 @@ def balance(p: Problem, idx: Tensor, rho: Tensor) -> Tensor:
         rho[act[better]] = new[better]
         beta[act[~better]] /= 2
         act = act[(beta[act] >= BALANCE_MIN_STEP) & ~(better & (gain < cfg.ftol))]
+        if on_step is not None:
+            on_step()
     return rho
 
 

@@ -291,3 +291,13 @@ def test_solver_defaults_depend_on_the_method():
     alpha = CertifyConfig(method="alpha-crown")
     assert (alpha.shape_steps, alpha.iterations) == (0, 60)
     assert CertifyConfig(iterations=7, shape_steps=2).iterations == 7
+
+
+def test_progress_adds_up_to_the_samples_and_moves_during_the_warm_start(mnist_mlp):
+    model, x, y = mnist_mlp
+    steps: list[float] = []
+    certify_boxes(model, x[:5], y[:5], batch_size=3, progress=steps.append)
+    assert all(s > 0 for s in steps)
+    assert sum(steps) == pytest.approx(5.0)
+    # the uniform box, each balancing step, the finish: the bar moves while a batch is worked on
+    assert len(steps) >= 2 * 4
