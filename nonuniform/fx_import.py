@@ -62,6 +62,10 @@ def trace_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device)
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list:
     if model.training:
         model.eval()
+    if _Tracer().is_leaf_module(model, ""):
+        # A bare layer (nn.Linear as the whole model): fx would trace its forward into functions
+        # (F.linear); as the only child of a Sequential it is converted like any layer.
+        model = nn.Sequential(model)
     try:
         graph = _Tracer().trace(model)
     except Exception as e:  # noqa: BLE001 - fx raises many types for untraceable code

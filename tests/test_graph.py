@@ -117,3 +117,20 @@ def test_unsupported_graphs_fail_before_any_work_naming_the_node():
         compute_bounds(Untraceable(), torch.zeros(1, 4), torch.ones(1, 4))
     with pytest.raises(UnsupportedModelError, match=r"node 'exp' \(call_function exp, 3 of 4"):
         compute_bounds(Unsupported(), torch.zeros(1, 4), torch.ones(1, 4))
+
+
+def test_a_bare_layer_is_a_model():
+    """nn.Linear as the whole model (logistic regression): fx would trace it into F.linear."""
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    lower, upper = random_boxes((5,), batch=4, seed=1)
+    bare = compute_bounds(lin, lower, upper, method="crown")
+    wrapped = compute_bounds(nn.Sequential(lin), lower, upper, method="crown")
+    for a, b in zip(bare, wrapped):
+        assert torch.equal(a, b)
+    # CROWN is exact on an affine map: each logit's lower bound is attained at a corner
+    logits, _ = compute_bounds(lin, lower, upper, torch.eye(3).expand(4, 3, 3), method="crown")
+    w = lin.weight.detach()
+    centre, rad = (upper + lower) / 2, (upper - lower) / 2
+    exact_lo = centre @ w.T + lin.bias.detach() - rad @ w.abs().T
+    assert torch.allclose(logits, exact_lo, atol=1e-5)
