@@ -41,7 +41,7 @@ class CertifiedBoxes:
     apothem: np.ndarray  # smallest half-width over free features
     margin: np.ndarray  # certified lower bound of min_j f_c - f_j over the box
     used_uniform: np.ndarray  # the non-uniform box was no larger than the uniform one
-    iterations: np.ndarray
+    iterations: np.ndarray  # augmented-Lagrangian iterations (the balancing steps are not counted)
     seconds: np.ndarray
     indices: np.ndarray  # position of each sample in its data set (or 0..N-1)
     free: np.ndarray  # (*input_shape) bool: features whose box may have positive width
