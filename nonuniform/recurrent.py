@@ -44,7 +44,18 @@ from .interval import intersect
 from .layers import SequenceClassifier
 from .network import AffineOp
 from .recurrent_alpha import RecurrentParams, initial_params, optimised_bound
-from .recurrent_graph import ActNode, Graph, InputNode, LinearNode, Ref, _apply, _apply_abs, _transpose
+from .recurrent_cells import Stack, cell_backward, cell_stacks
+from .recurrent_graph import (
+    ActNode,
+    Cell,
+    Graph,
+    InputNode,
+    LinearNode,
+    Ref,
+    _apply,
+    _apply_abs,
+    _transpose,
+)
 from .relaxations import (
     TINY_WIDTH,
     LinearRelaxation,
@@ -75,6 +86,13 @@ class RecurrentState:
     relax: dict[int, LinearRelaxation | PlaneRelaxation]
     #: (node, activation) pairs relaxed as lines (the keys of alpha-CROWN's line parameters)
     lines: list[tuple[int, Relaxation]] = field(default_factory=list)
+    #: stacked planes of each cell (by its last node), built when a backward pass first crosses it
+    stacks: dict[int, list[Stack]] = field(default_factory=dict)
+
+    def cell_stacks(self, cell: Cell) -> list[Stack]:
+        if cell.last not in self.stacks:
+            self.stacks[cell.last] = cell_stacks(cell, self.relax)
+        return self.stacks[cell.last]
 
 
 class RecurrentBoundedModel(BoundedModel):
@@ -101,6 +119,7 @@ class RecurrentBoundedModel(BoundedModel):
         # slices of one node, and a few calls on (batch, 4H) cost far less than many on (batch, H).
         cache: dict[tuple[int, type], LinearRelaxation] = {}
         used: list[tuple[int, Relaxation]] = []
+        state = RecurrentState(lo, hi, relax, used)  # filled in place, node by node
 
         def lines(r: Ref, act: Relaxation) -> LinearRelaxation:
             key = (r.node, type(act))
@@ -122,7 +141,7 @@ class RecurrentBoundedModel(BoundedModel):
                     r = r + _apply_abs(w, (su - sl) / 2)
                 l, u = c - r, c + r
                 if method != "ibp" and node.tighten:
-                    l, u = self._tighten(k, l, u, lo, hi, relax, xl, xu)
+                    l, u = self._tighten(k, l, u, state, xl, xu)
             elif isinstance(node, ActNode):
                 sl, su = get(node.src)
                 l, u = node.relaxation.interval(sl, su)
@@ -137,9 +156,9 @@ class RecurrentBoundedModel(BoundedModel):
                     relax[k] = node.product.relax(*bounds, mode, rp, rq, weights)
             lo.append(l)
             hi.append(u)
-        return RecurrentState(lo, hi, relax, used)
+        return state
 
-    def _tighten(self, k, l, u, lo, hi, relax, xl, xu) -> tuple[Tensor, Tensor]:
+    def _tighten(self, k, l, u, state, xl, xu) -> tuple[Tensor, Tensor]:
         """Back-substitute from linear node k to the inputs, for the neurons that need it."""
         g = self.net
         relu_only = all(
@@ -156,7 +175,7 @@ class RecurrentBoundedModel(BoundedModel):
         rows = torch.zeros(m, l.shape[1], dtype=l.dtype, device=l.device)
         rows[torch.arange(m, device=l.device), sel] = 1.0
         lam = torch.cat([rows, -rows]).unsqueeze(0)
-        out = self._backward(k, lam, RecurrentState(lo, hi, relax), xl, xu, linear=True)
+        out = self._backward(k, lam, state, xl, xu, linear=True)
         new_l, new_u = intersect(l[:, sel], u[:, sel], out[:, :m], -out[:, m:], where=need[:, sel])
         return l.index_copy(1, sel, new_l), u.index_copy(1, sel, new_u)
 
@@ -206,7 +225,16 @@ class RecurrentBoundedModel(BoundedModel):
             c, rad = ((u + l) / 2).unsqueeze(-1), ((u - l) / 2).unsqueeze(-1)
             return (L @ c - L.abs() @ rad).squeeze(-1)
 
-        for k in range(start, -1, -1):
+        k = start + 1
+        while k > 0:
+            k -= 1
+            cell = g.cells.get(k) if linear else None
+            if cell is not None and start >= k:  # the whole step at once (recurrent_cells)
+                L_h, L_c = assemble(k), assemble(cell.c) if cell.kind == "lstm" else None
+                if L_h is not None or L_c is not None:
+                    total = total + cell_backward(cell, state.cell_stacks(cell), L_h, L_c, push)
+                k = cell.first
+                continue
             L = assemble(k)
             if L is None:
                 continue

@@ -59,6 +59,26 @@ class ActNode(Node):
 
 
 @dataclass
+class Cell:
+    """One LSTM or GRU time step of one layer: nodes ``first..last`` (contiguous; ``last`` is the
+    state h_t), crossed by one fused backward step (:mod:`.recurrent_cells`). A simple RNN step
+    (two nodes) is as fast node by node."""
+
+    kind: str  # "lstm" or "gru"
+    first: int
+    last: int
+    inputs: list[Ref]
+    h_prev: Ref
+    #: ``[W_x | W_h | b]`` with one row per gate coefficient of the kernel (lstm: i, f, g, o;
+    #: gru: r, z, n, and W_hn h' + b_hn)
+    weight: Tensor
+    #: the nonlinear nodes, in the order the kernel reads their planes
+    relaxed: tuple[int, ...]
+    c: int = -1  # LSTM: the node of c_t
+    c_prev: Ref | None = None
+
+
+@dataclass
 class ProductNode(Node):
     x: Ref | None = None
     y: Ref | None = None
@@ -100,6 +120,7 @@ class Graph:
             )
         self.steps, self.features = n_in // d, d
         self.nodes: list[Node] = []
+        self.cells: dict[int, Cell] = {}  # by the index of their last node
         # seq[t]: the pieces whose concatenation is the input of step t (two for a bidirectional
         # layer below: its forward and backward states).
         seq = [[Ref(self._add(InputNode(f"input.t{t}", d, step=t)), 0, d)] for t in range(self.steps)]
@@ -124,6 +145,15 @@ class Graph:
                 scaled_copy = len(node.terms) == 1 and isinstance(node.terms[0][1], float)
                 node.tighten = feeds_nonlinear and not only_inputs and not scaled_copy
         self.num_classes = self.nodes[self.output].size
+        self.cells = {k: cell for k, cell in self.cells.items() if self._closed(cell)}
+
+    def _closed(self, cell: Cell) -> bool:
+        """Whether only h_t (and an LSTM's c_t) are read from outside the cell: the fused step
+        then sees every coefficient that reaches the cell (true for every graph built here)."""
+        inside = range(cell.first, cell.last + 1)
+        return all(
+            all(c in inside for c in self.nodes[k].consumers) for k in inside if k not in (cell.last, cell.c)
+        )
 
     def tape_bytes_per_sample(self, element_bytes: int = 4) -> int:
         """Estimated autograd memory of one differentiable bound per sample.
@@ -191,9 +221,22 @@ class Graph:
             sizes = [r.stop - r.start for r in pieces]
             return list(zip(pieces, (c.contiguous() for c in torch.split(w, sizes, 1))))
 
+        # The fused backward step's [W_x | W_h | b] (see Cell.weight).
+        like = {"dtype": self.dtype, "device": self.device}
+        b_i = b_ih if b_ih is not None else torch.zeros(w_ih.shape[0], **like)
+        b_h = b_hh if b_hh is not None else torch.zeros(w_ih.shape[0], **like)
+        w_x, w_s, b_s = w_ih, w_hh, b_i + b_h
+        if isinstance(rnn, nn.GRU):  # rows r, z | n (input part) | hn (state part)
+            w_x = torch.cat([w_ih, torch.zeros(H, w_ih.shape[1], **like)])
+            w_s = torch.cat([w_hh[: 2 * H], torch.zeros(H, H, **like), w_hh[2 * H :]])
+            b_s = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
+        weight = torch.cat([w_x, w_s, b_s.unsqueeze(1)], 1)
+        kind = {nn.LSTM: "lstm", nn.GRU: "gru"}.get(type(rnn), "rnn")
+
         order = range(len(seq) - 1, -1, -1) if reverse else range(len(seq))
         for t in order:
             xs, at = seq[t], f"rnn.{sfx}.t{t}"
+            first, h_prev, c_prev = len(self.nodes), h, c
             if isinstance(rnn, nn.LSTM):  # gates i, f, g, o
                 g = self._linear(f"{at}.gates", [*inp(xs, w_ih), (h, w_hh)], b_ih, b_hh)
                 i_, f_, g_, o_ = (Ref(g.node, k * H, (k + 1) * H) for k in range(4))
@@ -218,6 +261,22 @@ class Graph:
                 pre = self._linear(f"{at}.pre", [*inp(xs, w_ih), (h, w_hh)], b_ih, b_hh)
                 act = Tanh() if rnn.nonlinearity == "tanh" else PiecewiseLinear(0.0)
                 h = Ref(self._add(ActNode(f"{at}.h", H, src=pre, relaxation=act)), 0, H)
+            if kind == "lstm":  # planes of o*tanh(c), f*c', i*g
+                self.cells[h.node] = Cell(
+                    kind,
+                    first,
+                    h.node,
+                    list(xs),
+                    h_prev,
+                    weight,
+                    (h.node, first + 1, first + 2),
+                    c.node,
+                    c_prev,
+                )
+            elif kind == "gru":  # planes of (1-z)*n, z*h', r*hn
+                self.cells[h.node] = Cell(
+                    kind, first, h.node, list(xs), h_prev, weight, (first + 5, first + 6, first + 2)
+                )
             out[t] = h
         return [out[t] for t in range(len(seq))]
 

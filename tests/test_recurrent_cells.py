@@ -1,0 +1,67 @@
+"""The fused backward step through LSTM/GRU cells computes exactly the node-by-node bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nonuniform import recurrent
+from nonuniform.bounds import BoundedModel
+from nonuniform.recurrent_alpha import initial_params, params_bound
+
+from .nets import random_boxes
+from .test_recurrent import SHAPE, _random_params, seq_model
+
+
+def _bound_and_grad(bm: BoundedModel, lower, upper, method: str, params=None):
+    lower = lower.clone().requires_grad_(True)
+    spec = bm.default_spec(lower.detach(), upper)
+    if params is not None:
+        lb = params_bound(bm, spec, lower, upper, params)
+    else:
+        lb, _ = bm.bounds(lower, upper, spec, method)
+    (grad,) = torch.autograd.grad(lb.sum(), lower)
+    return lb.detach(), grad
+
+
+@pytest.mark.parametrize(
+    "kind,layers,bias",
+    [
+        ("lstm", 2, True),
+        ("gru", 2, True),
+        ("lstm", 1, False),
+        ("gru", 1, False),
+        ("bilstm", 1, True),
+        ("bigru", 1, True),
+    ],
+)
+def test_fused_cells_equal_the_node_by_node_walk(kind, layers, bias, monkeypatch):
+    model = seq_model(kind, layers=layers, bias=bias, seed=21).double()
+    lower, upper = random_boxes(SHAPE, batch=3, seed=22, max_radius=0.15, dtype=torch.float64)
+    bm = BoundedModel(model, SHAPE, torch.float64)
+    directions = 2 if kind.startswith("bi") else 1
+    assert len(bm.net.cells) == layers * directions * SHAPE[0]
+
+    calls = []
+    fused_step = recurrent.cell_backward
+    monkeypatch.setattr(recurrent, "cell_backward", lambda *a: calls.append(1) or fused_step(*a))
+    params = _random_params(initial_params(bm.propagate(lower, upper)), seed=23)
+
+    def run():
+        out = [_bound_and_grad(bm, lower, upper, method) for method in ("crown", "fastlin")]
+        return out + [_bound_and_grad(bm, lower, upper, "alpha-crown", params)]
+
+    fused = run()
+    assert calls, "the fused step was not used"
+    bm.net.cells, used = {}, len(calls)
+    walked = run()
+    assert len(calls) == used
+    for (lb_f, g_f), (lb_w, g_w) in zip(fused, walked):
+        torch.testing.assert_close(lb_f, lb_w, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(g_f, g_w, rtol=1e-8, atol=1e-10)
+
+
+def test_simple_rnn_steps_stay_node_by_node():
+    """A simple RNN step is two nodes: the node-by-node walk is as fast, so no cells."""
+    model = seq_model("rnn-tanh", layers=2)
+    assert BoundedModel(model, SHAPE).net.cells == {}
