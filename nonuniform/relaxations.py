@@ -300,9 +300,11 @@ class SShaped(Relaxation):
         """CROWN's lines, or with ``tangents`` ``(batch, 2, *features)`` in [0, 1] the lines whose
         tangent points they place (lower line first; see :meth:`_upper`): alpha-CROWN's free
         parameters for S-shaped activations, sound for every value."""
-        s_lo, s_up = (None, None) if tangents is None else (tangents[:, 0], tangents[:, 1])
-        up_slope, up_bias = self._upper(l, u, s_up)
-        neg_slope, neg_bias = self._upper(-u, -l, s_lo)
+        # Both lines in one call (the lower one is the upper line of f on [-u, -l]): half the
+        # operations, which dominate for the small gate tensors of recurrent cells.
+        s = None if tangents is None else torch.cat([tangents[:, 1], tangents[:, 0]])
+        slope, bias = self._upper(torch.cat([l, -u]), torch.cat([u, -l]), s)
+        (up_slope, neg_slope), (up_bias, neg_bias) = slope.chunk(2), bias.chunk(2)
         # f(z) = s - f(-z) >= s - (a*(-z) + b) = a*z + (s - b)
         low_slope, low_bias = neg_slope, self.symmetry - neg_bias
         return LinearRelaxation(*(t.unsqueeze(1) for t in (low_slope, low_bias, up_slope, up_bias)))
