@@ -15,6 +15,10 @@ a handful of operations on stacked tensors, with exactly the same arithmetic:
   (:attr:`~nonuniform.recurrent_graph.Cell.weight`), applied by one product to all gate
   coefficients at once.
 
+Only cells up to ``FUSED_MAX_HIDDEN`` (16) wide are fused: the gain comes from fewer operations,
+and wider cells are bound by data volume, where the fused step's larger temporaries cost as
+much as they save (measured in experiments/results/recurrent.md, session 10).
+
 Shapes: coefficients ``L (batch or 1, rows, H)``; selections ``(batch, rows, K, H)``.
 """
 

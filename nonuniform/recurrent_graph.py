@@ -23,6 +23,12 @@ from .relaxations import (
 
 Weight = Tensor | float | AffineOp
 
+#: Largest hidden size whose steps are fused (:class:`Cell`). Measured on an LSTM at batch 25
+#: (experiments/results/recurrent.md, session 10): hidden 16 1.2-1.5x faster with the gradient,
+#: 1.1-1.6x without; from 24 on a wash (0.9-1.07x): the stacked selections are then large
+#: enough to be memory-bound, and the node-by-node walk's smaller temporaries do as well.
+FUSED_MAX_HIDDEN = 16
+
 
 @dataclass
 class Ref:
@@ -231,7 +237,7 @@ class Graph:
             w_s = torch.cat([w_hh[: 2 * H], torch.zeros(H, H, **like), w_hh[2 * H :]])
             b_s = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
         weight = torch.cat([w_x, w_s, b_s.unsqueeze(1)], 1)
-        kind = {nn.LSTM: "lstm", nn.GRU: "gru"}.get(type(rnn), "rnn")
+        kind = {nn.LSTM: "lstm", nn.GRU: "gru"}.get(type(rnn), "rnn") if H <= FUSED_MAX_HIDDEN else "walk"
 
         order = range(len(seq) - 1, -1, -1) if reverse else range(len(seq))
         for t in order:

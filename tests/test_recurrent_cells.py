@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from nonuniform import recurrent
+from nonuniform import SequenceClassifier, recurrent
 from nonuniform.bounds import BoundedModel
 from nonuniform.recurrent_alpha import initial_params, params_bound
+from nonuniform.recurrent_graph import FUSED_MAX_HIDDEN
 
 from .nets import random_boxes
 from .test_recurrent import SHAPE, _random_params, seq_model
@@ -61,7 +63,18 @@ def test_fused_cells_equal_the_node_by_node_walk(kind, layers, bias, monkeypatch
         torch.testing.assert_close(g_f, g_w, rtol=1e-8, atol=1e-10)
 
 
-def test_simple_rnn_steps_stay_node_by_node():
-    """A simple RNN step is two nodes: the node-by-node walk is as fast, so no cells."""
-    model = seq_model("rnn-tanh", layers=2)
-    assert BoundedModel(model, SHAPE).net.cells == {}
+def test_simple_rnn_and_wide_cells_stay_node_by_node():
+    """A simple RNN step is two nodes, and past FUSED_MAX_HIDDEN the fused step is no faster:
+    both are walked node by node."""
+    assert BoundedModel(seq_model("rnn-tanh", layers=2), SHAPE).net.cells == {}
+    wide = SequenceClassifier(nn.LSTM(3, FUSED_MAX_HIDDEN + 1, batch_first=True))
+    assert BoundedModel(wide, SHAPE).net.cells == {}
+
+
+def test_a_cell_read_from_outside_is_not_fused():
+    """The fused step sees only h_t and c_t: a cell whose gates another node reads is walked."""
+    graph = BoundedModel(seq_model("lstm"), SHAPE).net
+    cell = graph.cells[max(graph.cells)]
+    assert graph._closed(cell)
+    graph.nodes[cell.first].consumers.append(graph.output)  # the gates read after the cell
+    assert not graph._closed(cell)
