@@ -221,9 +221,11 @@ class RecurrentBoundedModel(BoundedModel):
             out = torch.cat(pieces, -1)
             return out if full is None else full + out
 
-        def concretise(L: Tensor, l: Tensor, u: Tensor) -> Tensor:
-            c, rad = ((u + l) / 2).unsqueeze(-1), ((u - l) / 2).unsqueeze(-1)
+        def concretise(L: Tensor, c: Tensor, rad: Tensor) -> Tensor:  # c, rad: (batch, n, 1)
             return (L @ c - L.abs() @ rad).squeeze(-1)
+
+        # The input box's centre and radius per step, once per pass (not once per step reached).
+        x_mid, x_rad = ((xu + xl) / 2).unsqueeze(-1), ((xu - xl) / 2).unsqueeze(-1)
 
         k = start + 1
         while k > 0:
@@ -240,7 +242,7 @@ class RecurrentBoundedModel(BoundedModel):
                 continue
             node = g.nodes[k]
             if isinstance(node, InputNode):
-                total = total + concretise(L, xl[:, node.step], xu[:, node.step])
+                total = total + concretise(L, x_mid[:, node.step], x_rad[:, node.step])
             elif isinstance(node, LinearNode):
                 if node.bias is not None:
                     total = total + L @ node.bias
@@ -251,7 +253,8 @@ class RecurrentBoundedModel(BoundedModel):
                             total = total + term
                     push(r, _transpose(w, L))
             elif not linear:
-                total = total + concretise(L, state.lower[k], state.upper[k])
+                l, u = state.lower[k].unsqueeze(-1), state.upper[k].unsqueeze(-1)
+                total = total + concretise(L, (u + l) / 2, (u - l) / 2)
             else:
                 rel = state.relax[k]
                 pos = L.clamp(min=0)
