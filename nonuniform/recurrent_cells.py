@@ -6,8 +6,8 @@ product, slices, a concatenation of the four gates, two matrix products and a bi
 bound crosses ~800 steps (every intermediate pass goes back to the first step). Here one step is
 a handful of operations on stacked tensors, with exactly the same arithmetic:
 
-* the planes (or lines) of a cell's nonlinear nodes are stacked once per propagated state as
-  ``up (batch, 1, K, H)`` and ``low - up``, so that one ``addcmul`` selects, for every row, the
+* the planes of a cell's products are stacked once per propagated state as
+  ``up (K, batch, 1, H)`` and ``low - up``, so that one ``addcmul`` selects, for every row, the
   lower plane where the coefficient is >= 0 and the upper one elsewhere, for all K coefficients
   (the two products of an LSTM's ``c = f*c' + i*g`` share their coefficient, so they are one
   selection of five: i, f, g, c', constant);
@@ -19,7 +19,7 @@ Only cells up to ``FUSED_MAX_HIDDEN`` (16) wide are fused: the gain comes from f
 and wider cells are bound by data volume, where the fused step's larger temporaries cost as
 much as they save (measured in experiments/results/recurrent.md, session 10).
 
-Shapes: coefficients ``L (batch or 1, rows, H)``; selections ``(batch, rows, K, H)``.
+Shapes: coefficients ``L (batch or 1, rows, H)``; a selection is K tensors ``(batch, rows, H)``.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def _y(p: PlaneRelaxation) -> tuple[Tensor, Tensor]:
     return p.ly, p.uy
 
 
-def _c(*planes: PlaneRelaxation) -> tuple[Tensor, Tensor]:
+def _c(*planes: PlaneRelaxation) -> tuple[Tensor, Tensor]:  # type: ignore[return-value]
     """The constants of products that share one coefficient: a sum (the selection is linear)."""
-    return sum(p.lc for p in planes[1:]) + planes[0].lc, sum(p.uc for p in planes[1:]) + planes[0].uc
+    return sum(p.lc for p in planes), sum(p.uc for p in planes)
 
 
 def cell_stacks(cell: Cell, relax: dict) -> list[Stack]:

@@ -227,17 +227,8 @@ class Graph:
             sizes = [r.stop - r.start for r in pieces]
             return list(zip(pieces, (c.contiguous() for c in torch.split(w, sizes, 1))))
 
-        # The fused backward step's [W_x | W_h | b] (see Cell.weight).
-        like = {"dtype": self.dtype, "device": self.device}
-        b_i = b_ih if b_ih is not None else torch.zeros(w_ih.shape[0], **like)
-        b_h = b_hh if b_hh is not None else torch.zeros(w_ih.shape[0], **like)
-        w_x, w_s, b_s = w_ih, w_hh, b_i + b_h
-        if isinstance(rnn, nn.GRU):  # rows r, z | n (input part) | hn (state part)
-            w_x = torch.cat([w_ih, torch.zeros(H, w_ih.shape[1], **like)])
-            w_s = torch.cat([w_hh[: 2 * H], torch.zeros(H, H, **like), w_hh[2 * H :]])
-            b_s = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
-        weight = torch.cat([w_x, w_s, b_s.unsqueeze(1)], 1)
-        kind = {nn.LSTM: "lstm", nn.GRU: "gru"}.get(type(rnn), "rnn") if H <= FUSED_MAX_HIDDEN else "walk"
+        fused = isinstance(rnn, (nn.LSTM, nn.GRU)) and H <= FUSED_MAX_HIDDEN
+        weight = self._cell_weight(rnn, w_ih, w_hh, b_ih, b_hh) if fused else None
 
         order = range(len(seq) - 1, -1, -1) if reverse else range(len(seq))
         for t in order:
@@ -267,9 +258,9 @@ class Graph:
                 pre = self._linear(f"{at}.pre", [*inp(xs, w_ih), (h, w_hh)], b_ih, b_hh)
                 act = Tanh() if rnn.nonlinearity == "tanh" else PiecewiseLinear(0.0)
                 h = Ref(self._add(ActNode(f"{at}.h", H, src=pre, relaxation=act)), 0, H)
-            if kind == "lstm":  # planes of o*tanh(c), f*c', i*g
+            if fused and isinstance(rnn, nn.LSTM):  # planes of o*tanh(c), f*c', i*g
                 self.cells[h.node] = Cell(
-                    kind,
+                    "lstm",
                     first,
                     h.node,
                     list(xs),
@@ -279,12 +270,24 @@ class Graph:
                     c.node,
                     c_prev,
                 )
-            elif kind == "gru":  # planes of (1-z)*n, z*h', r*hn
+            elif fused:  # GRU: planes of (1-z)*n, z*h', r*hn
                 self.cells[h.node] = Cell(
-                    kind, first, h.node, list(xs), h_prev, weight, (first + 5, first + 6, first + 2)
+                    "gru", first, h.node, list(xs), h_prev, weight, (first + 5, first + 6, first + 2)
                 )
             out[t] = h
         return [out[t] for t in range(len(seq))]
+
+    def _cell_weight(self, rnn: nn.Module, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh) -> Tensor:
+        """The fused backward step's ``[W_x | W_h | b]`` (see :attr:`Cell.weight`)."""
+        H, like = rnn.hidden_size, {"dtype": self.dtype, "device": self.device}
+        b_i = b_ih if b_ih is not None else torch.zeros(w_ih.shape[0], **like)
+        b_h = b_hh if b_hh is not None else torch.zeros(w_ih.shape[0], **like)
+        w_x, w_s, b_s = w_ih, w_hh, b_i + b_h
+        if isinstance(rnn, nn.GRU):  # rows r, z | n (input part) | hn (state part)
+            w_x = torch.cat([w_ih, torch.zeros(H, w_ih.shape[1], **like)])
+            w_s = torch.cat([w_hh[: 2 * H], torch.zeros(H, H, **like), w_hh[2 * H :]])
+            b_s = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
+        return torch.cat([w_x, w_s, b_s.unsqueeze(1)], 1)
 
     def _head(self, head: nn.Module, last: Ref) -> int:
         if isinstance(head, nn.Identity):
