@@ -38,7 +38,7 @@ def rank(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Rank input features by certified robustness and measure how similar the boxes are."""
-    from nonuniform.ranking import rank_boxes
+    from nonuniform.analysis.rank import rank_boxes
 
     files = [boxes] + ([compare] if compare else [])
     for f in files:
@@ -99,8 +99,8 @@ def explain(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Explanation sets (least-robust features) and their evaluation against baselines."""
-    from nonuniform.boxes import CertifiedBoxes
-    from nonuniform.explanations import explain_boxes
+    from nonuniform.analysis.explain import explain_boxes
+    from nonuniform.certify.boxes import CertifiedBoxes
 
     if not boxes.exists():
         raise UserError(f"{boxes}: file not found")
@@ -113,7 +113,7 @@ def explain(
     net = None
     if evaluate:
         if model is None:
-            model = res.settings.get("model", {}).get("source", "").removeprefix("embedded:")
+            model = res.settings.get("model", {}).get("source", "")
             if not model:
                 raise UserError(f"{boxes} does not record its model; pass --model")
         net, _, _ = resolve_model(model, "cpu")

@@ -44,7 +44,7 @@ def one_line(message: object) -> str:
 def user_errors(fn):
     """Turn library errors about bad input into one plain line on stderr and exit code 2."""
 
-    from nonuniform.data import DataError
+    from nonuniform.zoo.data import DataError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -130,7 +130,7 @@ def _root(
 
         typer.echo(f"nonuniform {nonuniform.__version__}")
         raise typer.Exit(0)
-    from nonuniform.threads import configure_threads
+    from nonuniform.runtime.threads import configure_threads
 
     try:
         configure_threads(threads)

@@ -11,12 +11,12 @@ import typer
 
 from . import analysis_commands, model_commands, run_commands  # noqa: F401 - registers the commands
 from .app import UserError, app, one_line
-from .options import parse_domain, parse_indices, parse_shape
+from .options import parse_domain, parse_shape
 
 ORDER = ["certify", "verify", "report", "steps", "rank", "explain", "vnnlib", "models", "train", "demo"]
 app.registered_commands.sort(key=lambda c: ORDER.index(c.callback.__name__))
 
-__all__ = ["UserError", "app", "main", "one_line", "parse_domain", "parse_indices", "parse_shape"]
+__all__ = ["UserError", "app", "main", "one_line", "parse_domain", "parse_shape"]
 
 
 def main() -> None:  # pragma: no cover - the console script

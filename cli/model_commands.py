@@ -41,7 +41,7 @@ def vnnlib(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Decide a VNN-LIB property: unsat (proved), sat (checked counterexample), unknown or timeout."""
-    from nonuniform.vnnlib import decide, parse_vnnlib
+    from nonuniform.verify.vnnlib import decide, parse_vnnlib
 
     model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
     result = decide(model, parse_vnnlib(prop), card.input_shape, timeout, bab=bab)
@@ -61,7 +61,7 @@ def models(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the embedded models and their cards."""
-    from nonuniform.models import embedded_models, load_model
+    from nonuniform.zoo.models import embedded_models, load_model
 
     cards = [load_model(name)[1] for name in embedded_models()]
     if json_out:
@@ -108,8 +108,8 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Train a model (normally, adversarially and/or spectrally normalised) and save a checkpoint."""
-    from nonuniform.data import dataset_info
-    from nonuniform.train import TrainConfig, train_checkpoint
+    from nonuniform.zoo.data import dataset_info
+    from nonuniform.zoo.train import TrainConfig, train_checkpoint
 
     check_positive(batch_size=batch_size, epochs=epochs)
     check_positive(pgd_steps=pgd_steps, allow_zero=True)
@@ -157,7 +157,7 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Certify a few embedded MNIST images with the normal and the PGD-trained MLP, side by side."""
-    from nonuniform.demo import run_demo
+    from nonuniform.runs.demo import run_demo
 
     with progress_bar() as bar:
         task = bar.add_task("certifying", total=2 * count)

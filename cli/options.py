@@ -3,86 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from nonuniform.runs import model_record  # noqa: F401 - re-exported for the commands
+from nonuniform.certify.settings import CertifyConfig
 
 from .app import UserError
 
-
-def parse_indices(spec: str | None, count: int | None, available: int) -> np.ndarray:
-    if spec and count is not None:
-        raise UserError("give either --indices or --count, not both")
-    if count is not None:
-        if count <= 0:
-            raise UserError(f"--count must be positive, got {count}")
-        spec = f"0:{count}"
-    spec = spec or f"0:{min(available, 10)}"
-    try:
-        if ":" in spec:
-            a, b = spec.split(":")
-            idx = np.arange(int(a or 0), int(b) if b else available)
-        else:
-            idx = np.array([int(t) for t in spec.split(",") if t.strip()])
-    except ValueError:
-        raise UserError(f"bad index range '{spec}'; use START:STOP (e.g. 0:100) or a list 3,5,9") from None
-    if idx.size == 0:
-        raise UserError(f"index range '{spec}' selects no sample")
-    if idx.min() < 0 or idx.max() >= available:
-        raise UserError(
-            f"index range '{spec}' goes outside the {available} available samples (0..{available - 1})"
-        )
-    return idx
-
-
-def load_inputs(
-    dataset: str,
-    data_dir: Path | None,
-    indices: str | None,
-    count: int | None,
-    input_shape: tuple[int, ...] | None = None,
-):
-    """Inputs, labels (None when the file has none), dataset indices and a description of where
-    they came from. ``.npz`` inputs of any shape are reshaped to ``input_shape`` when given."""
-    from nonuniform.data import DataError, dataset_info, load_dataset
-    from nonuniform.samples import load_samples
-
-    if dataset.endswith(".npz"):
-        path = Path(dataset)
-        if not path.exists():
-            raise UserError(f"{path}: file not found")
-        with np.load(path) as z:
-            key = "inputs" if "inputs" in z.files else "images" if "images" in z.files else None
-            if key is None:
-                raise UserError(
-                    f"{path}: needs an array 'inputs' (N, ...) and optionally 'labels' (N,); has {z.files}"
-                )
-            x = torch.from_numpy(z[key].astype(np.float32))
-            if z[key].dtype == np.uint8:
-                x = x / 255.0
-            y = torch.from_numpy(z["labels"].astype(np.int64)) if "labels" in z.files else None
-        if input_shape is not None and x[0].numel() == int(np.prod(input_shape)):
-            x = x.reshape(len(x), *input_shape)
-        elif x.dim() == 3:
-            x = x.unsqueeze(1)
-        if y is not None and len(y) != len(x):
-            raise UserError(f"{path}: {len(x)} inputs but {len(y)} labels")
-        idx = parse_indices(indices, count, len(x))
-        return x[idx], (None if y is None else y[idx]), idx, str(path.resolve()), None
-    info = dataset_info(dataset)
-    try:
-        ds = load_dataset(info.name, "test", data_dir, download=False)
-        x, y, source = ds.inputs, ds.labels, f"{info.name} test set ({ds.source})"
-    except DataError as e:
-        if data_dir is not None:
-            raise
-        x, y = load_samples(info.name)
-        source = f"{info.name}: the {len(x)} embedded test samples (full set not found: {e})"
-    idx = parse_indices(indices, count, len(x))
-    return x[idx], y[idx], idx, source, info.class_names
+#: command-line flag of each CertifyConfig field (messages name settings as `field`)
+FLAGS = {name: "--" + name.replace("_", "-") for name in CertifyConfig.__dataclass_fields__}
+FLAGS["joint_slopes"] = "--no-joint-slopes"
 
 
 def check_positive(allow_zero: bool = False, **values: int) -> None:
@@ -117,31 +49,6 @@ def check_output_dir(path: Path) -> None:
         raise UserError(f"cannot create --out {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"--out {path} is not writable")
-
-
-def check_dataset_matches(card, dataset: str) -> None:
-    """A model trained on one data set is not certified on another by mistake (npz files pass)."""
-    from nonuniform.data import dataset_info
-
-    if dataset.endswith(".npz") or not card.dataset:
-        return
-    if dataset_info(dataset).name != dataset_info(card.dataset).name:
-        raise UserError(
-            f"{card.name} was trained on {card.dataset}, not {dataset}; pass --dataset {card.dataset} "
-            "(or an .npz file of inputs for it)"
-        )
-
-
-def check_data(x: torch.Tensor, y: torch.Tensor | None, num_classes: int, where: str) -> None:
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        first = int(bad.flatten(1).any(1).nonzero()[0])
-        raise UserError(f"{where}: {int(bad.sum())} NaN/inf input values (first in sample {first})")
-    if y is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise UserError(
-            f"{where}: labels must lie in 0..{num_classes - 1} for this model; "
-            f"found {int(y.min())}..{int(y.max())}"
-        )
 
 
 def parse_sizes(text: str) -> list[int | float]:
@@ -206,9 +113,17 @@ def parse_domain(text: str | None):
     return domain
 
 
+def certify_config(**values) -> CertifyConfig:
+    """The settings of a command, validated once; a bad value is a UserError naming the flag."""
+    try:
+        return CertifyConfig(**values)
+    except ValueError as e:
+        raise UserError(re.sub(r"`(\w+)`", lambda m: FLAGS.get(m.group(1), m.group(1)), str(e))) from None
+
+
 def resolve_model(model: str, device: str, input_shape=None, domain=None):
-    from nonuniform.boxes import resolve_device
-    from nonuniform.models import load_model
+    from nonuniform.runtime.device import resolve_device
+    from nonuniform.zoo.models import load_model
 
     dev = resolve_device(device)
     m, card = load_model(model, dev, input_shape=input_shape, domain=domain)
@@ -216,9 +131,9 @@ def resolve_model(model: str, device: str, input_shape=None, domain=None):
 
 
 def parse_backend(backend: str, address: str | None, workers: int | None, gpus_per_worker: float):
-    """None for the local backend, else the :class:`~nonuniform.distributed.RayBackend` asked for;
+    """None for the local backend, else the :class:`~nonuniform.runs.ray.RayBackend` asked for;
     Ray-only options without ``--backend ray`` are refused rather than silently ignored."""
-    from nonuniform.distributed import INSTALL_HINT, RayBackend
+    from nonuniform.runs.ray import INSTALL_HINT, RayBackend
 
     if backend not in ("local", "ray"):
         raise UserError(f"--backend must be local or ray, got {backend!r}")

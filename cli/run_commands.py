@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,13 +22,9 @@ from .app import (
     user_errors,
 )
 from .options import (
-    check_data,
-    check_dataset_matches,
+    certify_config,
     check_output_dir,
-    check_positive,
     check_seconds,
-    load_inputs,
-    model_record,
     parse_backend,
     parse_domain,
     parse_shape,
@@ -110,11 +105,11 @@ def certify(
     ] = False,
     bab_time: Annotated[float, typer.Option(help="Seconds of branch-and-bound per sample.")] = 10.0,
     joint_slopes: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="alpha-crown: optimise slopes with the radii (--no-joint-slopes: anew per bound call)."
         ),
-    ] = True,
+    ] = None,
     alpha_steps: Annotated[
         int | None,
         typer.Option(
@@ -127,33 +122,23 @@ def certify(
     ] = None,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
-    from nonuniform.distributed import RayUnavailable, ShardsFailed
-    from nonuniform.runs import certify_run
+    from nonuniform.certify.settings import CertifyConfig
+    from nonuniform.runs.ray import RayUnavailable, ShardsFailed
+    from nonuniform.runs.rundir import certify_run, with_domain
+    from nonuniform.zoo.inputs import check_dataset_matches, check_inputs, load_inputs
 
-    check_positive(batch_size=batch_size)
-    steps = {k: v for k, v in [("iterations", iterations), ("shape_steps", shape_steps)] if v is not None}
-    check_positive(**steps, allow_zero=True)
-    check_seconds(bab_time=bab_time)
-    if not joint_slopes and method != "alpha-crown":
-        raise UserError("--no-joint-slopes only applies to --method alpha-crown")
-    alpha = {
-        k: v
-        for k, v in [("alpha_steps", alpha_steps), ("alpha_steps_check", alpha_steps_check)]
-        if v is not None
-    }
-    if alpha and method != "alpha-crown":
-        raise UserError("--alpha-steps/--alpha-steps-check only apply to --method alpha-crown")
-    check_positive(**alpha, allow_zero=True)
+    config = certify_config(
+        method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit, iterations=iterations,
+        shape_steps=shape_steps, batch_size=batch_size, seed=seed, bab=bab, bab_time=bab_time,
+        joint_slopes=joint_slopes, alpha_steps=alpha_steps, alpha_steps_check=alpha_steps_check,
+    )  # fmt: skip
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
-    if card.domain is None:
-        raise UserError(
-            f"{card.source} does not record its input domain; pass --domain LO,HI (e.g. 0,1 for pixels "
-            "in [0, 1]) or LO:HI per channel for normalised inputs"
-        )
+    config = with_domain(CertifyConfig.build(config, device=str(dev)), card)
     check_dataset_matches(card, dataset)
     ray = parse_backend(backend, address, workers, gpus_per_worker)
-    x, y, idx, source, class_names = load_inputs(dataset, data_dir, indices, count, card.input_shape)
-    check_data(x, y, len(card.class_names), dataset)
+    data = load_inputs(dataset, data_dir, indices, count, card.input_shape)
+    check_inputs(data, len(card.class_names), dataset)
+    x, y, idx, source, class_names = data.x, data.y, data.indices, data.source, data.class_names
     saved = [0]
     bar = progress_bar(certified=True)
     task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False, certified=0)
@@ -169,13 +154,10 @@ def certify(
 
     try:
         res, summary = certify_run(
-            net, card, x, y, idx, source, out,
+            net, card, x, y, idx, source, out, config,
             resume=resume, figures=figures, class_names=class_names,
             progress=lambda n: bar.advance(task, n),
             on_saved=on_saved, on_start=start, backend=ray,
-            method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit,
-            **steps, batch_size=batch_size, device=dev, seed=seed, domain=card.domain,
-            joint_slopes=joint_slopes, **alpha, **({"bab": True, "bab_time": bab_time} if bab else {}),
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.stop()
@@ -193,7 +175,7 @@ def certify(
     finally:
         bar.stop()
     if report:
-        from nonuniform.report import write_report
+        from nonuniform.report.html import write_report
 
         console.print(f"report: {write_report(out, class_names=class_names)}", markup=False, highlight=False)
     if json_out:
@@ -230,8 +212,8 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Re-check every certified box: fresh float64 bound, attacks, optional MILP. Exit 1 on failure."""
-    from nonuniform.boxes import CertifiedBoxes
-    from nonuniform.verify import verify_boxes
+    from nonuniform.certify.boxes import CertifiedBoxes
+    from nonuniform.verify.boxes import verify_boxes
 
     if bab_time is not None:
         check_seconds(bab_time=bab_time)
@@ -243,7 +225,7 @@ def verify(
         src = rec.get("source", "")
         if not src:
             raise UserError(f"{boxes} does not record its model; pass MODEL explicitly")
-        model = src.removeprefix("embedded:")
+        model = src
     net, card, dev = resolve_model(model, device)
     if rec.get("sha256") and rec["sha256"] != card.sha256:
         console.print(f"[yellow]warning:[/] {model} differs from the model recorded in {boxes} (checksum)")
@@ -264,10 +246,7 @@ def verify(
             progress=lambda k: bar.update(task, advance=k),
         )
         bar.update(task, completed=n_cert)
-    try:  # kept beside the boxes, where `nonuniform report` finds it
-        (boxes.parent / "verify.json").write_text(json.dumps(report.to_dict(), indent=2))
-    except OSError:
-        pass
+    report.save_beside(boxes)
     if json_out:
         out_console.print_json(json.dumps(report.to_dict()))
     else:
@@ -301,48 +280,26 @@ def steps(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Per-time-step robustness: the certified radius when only one step of the sequence moves."""
-    from nonuniform import SequenceClassifier
-    from nonuniform.plots import step_profile_figure
-    from nonuniform.steps import StepRobustness, step_robustness
+    from nonuniform.recurrent.steps import steps_run
+    from nonuniform.zoo.inputs import load_inputs
 
     net, card, dev = resolve_model(model, device)
-    if not isinstance(net, SequenceClassifier):
-        raise UserError(
-            f"{card.name} ({card.arch}) is not a recurrent model; `steps` needs one (e.g. mnist-lstm)"
-        )
-    x, y, idx, source, _ = load_inputs(dataset, data_dir, indices, count)
+    data = load_inputs(dataset, data_dir, indices, count)
     check_output_dir(out)
-    t0 = time.time()
     with progress_bar() as bar:
-        task = bar.add_task(f"per-step radii with {card.name} ({method})", total=len(x))
-        parts = []
-        for start in range(0, len(x), batch_size):
-            sl = slice(start, start + batch_size)
-            parts.append(step_robustness(net, x[sl], y[sl], method, card.domain, bisection_steps, device=dev))
-            bar.update(task, advance=len(x[sl]))
-    res = StepRobustness.concat(parts)
-    np.savez_compressed(
-        out / "steps.npz",
-        radius=res.radius,
-        preds=res.preds,
-        labels=res.labels,
-        correct=res.correct,
-        indices=idx,
-    )
+        task = bar.add_task(f"per-step radii with {card.name} ({method})", total=len(data.x))
+        res, summary = steps_run(
+            net,
+            card,
+            data,
+            out,
+            method,
+            bisection_steps,
+            batch_size,
+            dev,
+            lambda n: bar.update(task, advance=n),
+        )
     med, q1, q3 = res.profile()
-    summary = {
-        "model": model_record(card),
-        "data": source,
-        "method": method,
-        "samples": len(x),
-        "correct": int(res.correct.sum()),
-        "median_log10_radius_per_step": [None if np.isnan(v) else round(float(v), 4) for v in med],
-        "wall_seconds": round(time.time() - t0, 2),
-    }
-    (out / "steps.json").write_text(json.dumps(summary, indent=2))
-    step_profile_figure(
-        {card.name: res}, out / "steps.png", f"{card.name}: certified radius per step ({method})"
-    )
     if json_out:
         out_console.print_json(json.dumps(summary))
         return
@@ -368,7 +325,7 @@ def report(
     ] = None,
 ) -> None:
     """One self-contained HTML page for a run (also shows RUN_DIR/verify.json, rank/, explain/)."""
-    from nonuniform.report import write_report
+    from nonuniform.report.html import write_report
 
     if not (run_dir / "boxes.npz").exists():
         raise UserError(f"{run_dir} holds no boxes.npz; give a directory written by `nonuniform certify`")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nonuniform import certify_boxes, load_model, verify_boxes
-from nonuniform.samples import load_samples
+from nonuniform.zoo.samples import load_samples
 
 MODELS = {
     "mnist-mlp": "mnist",

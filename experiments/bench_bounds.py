@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nonuniform import Normalize
-from nonuniform.bounds import BoundedModel
+from nonuniform.engine.bounds import BoundedModel
 
 torch.set_num_threads(2)
 
@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     from nonuniform import load_model
-    from nonuniform.samples import load_samples
+    from nonuniform.zoo.samples import load_samples
 
     models = {
         "MLP 784-100-100-10 (mnist-mlp)": load_model("mnist-mlp")[0],

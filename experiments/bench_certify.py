@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from nonuniform import certify_boxes, load_model
-from nonuniform.models import build_model
-from nonuniform.samples import load_samples
+from nonuniform.zoo.models import build_model
+from nonuniform.zoo.samples import load_samples
 
 torch.set_num_threads(2)
 
@@ -44,7 +44,8 @@ def main() -> None:
     lines = [
         "# Certification speed (CPU, 2 threads)",
         "",
-        "100 embedded MNIST test images, default solver settings (`nonuniform.problem.solver_defaults`: "
+        "100 embedded MNIST test images, default solver settings "
+        "(`nonuniform.certify.settings.solver_defaults`: "
         "8 balancing steps for fastlin/crown, 60 augmented-Lagrangian iterations for alpha-crown; "
         "float64 final check). Seconds per sample = wall time / samples; iterations = AL iterations.",
         "Reproduce: `.venv/bin/python experiments/bench_certify.py`.",

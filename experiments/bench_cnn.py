@@ -2,7 +2,7 @@
 
 For mnist-cnn-small (embedded) and the CIFAR-10 CNN of ../shared/models/vnncomp2021 (when present):
 the CROWN margin bound at batch 32 (8 for CIFAR) with and without the gradient, and certify's
-seconds per image with mean log half-width, each with ``nonuniform.tighten.PATCHES`` off (dense
+seconds per image with mean log half-width, each with ``nonuniform.engine.tighten.PATCHES`` off (dense
 rows, the old path) and on. Run alone: ``.venv/bin/python experiments/bench_cnn.py``; writes
 ``experiments/results/bench_cnn.md``.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import nonuniform.tighten as engine
+import nonuniform.engine.tighten as engine
 from nonuniform import certify_boxes, load_model
-from nonuniform.bounds import BoundedModel
-from nonuniform.samples import load_samples
-from nonuniform.vnnlib import parse_vnnlib
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.verify.vnnlib import parse_vnnlib
+from nonuniform.zoo.samples import load_samples
 
 torch.set_num_threads(2)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "vnncomp2021"

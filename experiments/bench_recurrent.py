@@ -5,7 +5,7 @@ Prints one Markdown row per model: seconds per bound call without and with the g
 respect to the box (batch ``--batch`` of the first test images, uniform radius ``--eps``), and
 the mean certified margin (a change in the engine's speed must not change its numbers).
 
-``--compare-walk``: the fused LSTM/GRU cell steps (:mod:`nonuniform.recurrent_cells`) against the
+``--compare-walk``: the fused LSTM/GRU cell steps (:mod:`nonuniform.recurrent.cells`) against the
 node-by-node walk, in one process and interleaved (fused, walk, fused, ...; median of
 ``--repeats``), because this VM's speed drifts by 20-40% between runs a minute apart.
 """
@@ -19,8 +19,8 @@ import time
 import torch
 
 from nonuniform import load_model
-from nonuniform.bounds import BoundedModel
-from nonuniform.samples import load_samples
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.zoo.samples import load_samples
 
 torch.set_num_threads(2)
 MODELS = ["mnist-rnn", "mnist-lstm", "mnist-gru"]

@@ -1,4 +1,4 @@
-"""Train the embedded models and write the embedded test samples (nonuniform/assets/).
+"""Train the embedded models and write the embedded test samples (nonuniform/zoo/assets/).
 
 Run: ``.venv/bin/python experiments/build_assets.py [--only NAME ...] [--data-dir DIR]``.
 Data: ``--data-dir``, else $NONUNIFORM_DATA, else ../shared/data next to the repository.
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nonuniform.data import dataset_info, load_dataset
-from nonuniform.models import ModelCard, assets_dir, build_model, save_checkpoint
-from nonuniform.train import TrainConfig, evaluate, train
+from nonuniform.zoo.data import dataset_info, load_dataset
+from nonuniform.zoo.models import ModelCard, assets_dir, build_model, save_checkpoint
+from nonuniform.zoo.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SAMPLES = 100

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from nonuniform import CertifiedBoxes, certify_boxes, load_dataset, load_model
-from nonuniform.explain import evaluate_ranking
-from nonuniform.explanations import baseline_rankings
-from nonuniform.plots import explanation_curves
+from nonuniform.analysis.attribution import evaluate_ranking
+from nonuniform.analysis.explain import baseline_rankings
+from nonuniform.report.plots import explanation_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from nonuniform import CertifiedBoxes, certify_boxes, load_dataset, load_model
-from nonuniform.metrics import feature_robustness, log_radii, similarity_report
-from nonuniform.plots import feature_map_figure, radius_histograms
+from nonuniform.analysis.statistics import feature_robustness, log_radii, similarity_report
+from nonuniform.report.plots import feature_map_figure, radius_histograms
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"

@@ -7,7 +7,7 @@ Writes ``experiments/results/recurrent.md`` and ``recurrent_steps.png`` (about 3
    CLI certifies boxes around the first ``--count`` test images (``nonuniform certify``, CROWN,
    ``--iterations``) and re-checks them (``nonuniform verify``: fresh float64 bound, PGD with
    restarts and corners). Columns: mean log radius non-uniform vs uniform, seconds per sample.
-2. Per-step robustness (``nonuniform.steps.step_robustness``) on the first ``--step-count``
+2. Per-step robustness (``nonuniform.recurrent.steps.step_robustness``) on the first ``--step-count``
    images: the certified radius when only one row moves; a figure and a summary per model.
 3. Tightness on mnist-lstm: the lower bound of the worst margin over uniform L-inf boxes, IBP vs
    Fast-Lin vs CROWN, next to the smallest margin PGD finds (an upper bound on the truth).
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from nonuniform import compute_bounds, load_dataset, load_model
-from nonuniform.attacks import margin_objective, pgd_minimize
-from nonuniform.bounds import margin_spec
-from nonuniform.plots import step_profile_figure
-from nonuniform.steps import step_robustness
+from nonuniform.attacks.pgd import margin_objective, pgd_minimize
+from nonuniform.engine.bounds import margin_spec
+from nonuniform.recurrent.steps import step_robustness
+from nonuniform.report.plots import step_profile_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results"

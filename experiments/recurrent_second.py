@@ -7,7 +7,7 @@ comes from ``experiments/recurrent.py``; the bound-time table from ``bench_recur
 1. ``alpha``: on every embedded sequence model, boxes around the first ``--count`` embedded test
    images certified with CROWN and with alpha-CROWN (joint optimisation of box and relaxation
    parameters; the final float64 proof re-optimises the parameters from CROWN's), each alpha box
-   re-checked by :func:`nonuniform.verify.verify_boxes` (fresh float64 bound, PGD, corners).
+   re-checked by :func:`nonuniform.verify.boxes.verify_boxes` (fresh float64 bound, PGD, corners).
 2. ``regimes``: lstm:16 trained normally, with PGD and with spectral normalisation on sequential
    MNIST and Fashion-MNIST (same recipe otherwise): clean and PGD accuracy, certified uniform
    radius and non-uniform box (CROWN), and the per-step robustness profile.
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from nonuniform import certify_boxes, load_dataset, load_model
-from nonuniform.models import build_model
-from nonuniform.samples import load_samples
-from nonuniform.steps import step_robustness
-from nonuniform.train import TrainConfig, evaluate, train
-from nonuniform.verify import verify_boxes
+from nonuniform.recurrent.steps import step_robustness
+from nonuniform.verify.boxes import verify_boxes
+from nonuniform.zoo.models import build_model
+from nonuniform.zoo.samples import load_samples
+from nonuniform.zoo.train import TrainConfig, evaluate, train
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ OUT = Path(__file__).parent / "results"
 CHILD = r"""
 import json, resource, sys, time, torch
 from nonuniform import certify_boxes
-from nonuniform.models import build_model
+from nonuniform.zoo.models import build_model
 torch.set_num_threads(2)
 arch, shape, n, batch = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)

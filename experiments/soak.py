@@ -4,7 +4,7 @@ Part 1: certify test images with every embedded feedforward model (full test set
 ../shared/data when present, else the embedded samples), a few with the CNN, the sequence models
 and the third-party ONNX convnets, and check every certified box with ``verify_boxes`` (contains
 its input, inside the domain, fresh float64 bound, PGD with restarts + corners + rounds on a
-smoothed copy of the network: the strongest attack in ``nonuniform.attacks``). A single broken
+smoothed copy of the network: the strongest attack in ``nonuniform.attacks.pgd``). A single broken
 box fails the run.
 
 Part 2: ``nonuniform certify`` in a subprocess is killed with SIGKILL at random moments and
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from nonuniform import CertifiedBoxes, certify_boxes, load_dataset, load_model
-from nonuniform.data import DataError
-from nonuniform.samples import load_samples
-from nonuniform.verify import verify_boxes
+from nonuniform.verify.boxes import verify_boxes
+from nonuniform.zoo.data import DataError
+from nonuniform.zoo.samples import load_samples
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]

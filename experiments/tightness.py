@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from nonuniform import certify_boxes, load_model
-from nonuniform.attacks import falsify_boxes
-from nonuniform.samples import load_samples
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.zoo.samples import load_samples
 
 OUT = Path(__file__).parent / "results"
 T_MAX = 64.0

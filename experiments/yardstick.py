@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from nonuniform import certify_boxes, load_dataset
-from nonuniform.attacks import falsify_boxes
-from nonuniform.bab import bab_prove
-from nonuniform.bounds import BoundedModel, margin_spec
-from nonuniform.exact import verify_box_milp
-from nonuniform.train import fit_full_batch
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.engine.bounds import BoundedModel, margin_spec
+from nonuniform.proof.bab import bab_prove
+from nonuniform.proof.milp import verify_box_milp
+from nonuniform.zoo.train import fit_full_batch
 
 OUT = Path(__file__).parent / "results"
 DATA = Path(__file__).parents[2] / "shared" / "data"

@@ -1,18 +1,29 @@
-"""nonuniform: certified non-uniform robustness regions for neural-network classifiers."""
+"""nonuniform: certified non-uniform robustness regions for neural-network classifiers.
 
-from .bounds import METHODS, BoundedModel, compute_bounds, margin_spec
-from .boxes import CertifiedBoxes, CertifyConfig, certify_boxes
-from .data import load_dataset
-from .distributed import RayBackend
-from .layers import Normalize, SequenceClassifier
-from .models import load_model
-from .network import UnsupportedModelError
-from .recurrent import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
-from .runs import certify_run
-from .threads import cap_threads, configure_threads
-from .verify import VerifyReport, verify_boxes
+Sub-packages (see docs/ARCHITECTURE.md): ``ir`` (op graph), ``relax`` (relaxations), ``engine``
+(bounds), ``frontends`` (fx, ONNX), ``recurrent``, ``certify`` (boxes), ``proof`` (BaB, MILP),
+``attacks``, ``verify`` (re-checks, VNN-LIB), ``analysis``, ``report``, ``runs``, ``zoo``,
+``runtime``. Importing the package changes nothing outside it (torch's threads included).
+"""
 
-cap_threads()
+import sys as _sys
+
+from . import _legacy
+from .certify.boxes import certify_boxes
+from .certify.result import CertifiedBoxes
+from .certify.settings import CertifyConfig, Method
+from .engine.bounds import METHODS, BoundedModel, compute_bounds, margin_spec
+from .ir.network import UnsupportedModelError
+from .modules import Normalize, SequenceClassifier
+from .recurrent.engine import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
+from .runs.ray import RayBackend
+from .runs.rundir import certify_run
+from .runtime.threads import configure_threads
+from .verify.boxes import VerifyReport, verify_boxes
+from .zoo.data import load_dataset
+from .zoo.models import load_model
+
+_legacy.register(_sys.modules[__name__])
 
 __all__ = [
     "METHODS",
@@ -20,6 +31,7 @@ __all__ = [
     "RecurrentBoundedModel",
     "CertifiedBoxes",
     "CertifyConfig",
+    "Method",
     "certify_boxes",
     "certify_run",
     "RayBackend",

@@ -43,7 +43,7 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _threads():
     """NONUNIFORM_THREADS if set, else the library's policy (fewer threads on a busy machine)."""
-    from nonuniform.threads import configure_threads
+    from nonuniform.runtime.threads import configure_threads
 
     env = os.environ.get("NONUNIFORM_THREADS")
     if env:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from nonuniform import Normalize, compute_bounds
-from nonuniform.attacks import pgd_minimize
-from nonuniform.bounds import BoundedModel
+from nonuniform.attacks.pgd import pgd_minimize
+from nonuniform.engine.bounds import BoundedModel
 
 
 def mlp(act: nn.Module, sizes=(6, 16, 16, 4), seed: int = 0, bn: bool = False) -> nn.Sequential:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from nonuniform.alpha_crown import Slopes, initial_slopes, optimised_bound, sloped_bound
-from nonuniform.bounds import BoundedModel, margin_spec
+from nonuniform.engine.alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
+from nonuniform.engine.bounds import BoundedModel, margin_spec
 
 from .nets import cnn, mlp, random_boxes
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nonuniform.attacks import falsify_boxes, margin_objective
-from nonuniform.exact import verify_box_milp
-from nonuniform.smoothed import smoothed_forward
+from nonuniform.attacks.pgd import falsify_boxes, margin_objective
+from nonuniform.attacks.smoothed import smoothed_forward
+from nonuniform.proof.milp import verify_box_milp
 
 from .graph_nets import PoolNet, TinyResNet
 from .nets import random_boxes

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import nonuniform.bab as bab
-from nonuniform.bab import bab_prove
-from nonuniform.bounds import BoundedModel, margin_spec
-from nonuniform.exact import verify_box_milp
+import nonuniform.proof.bab as bab
+from nonuniform.engine.bounds import BoundedModel, margin_spec
+from nonuniform.proof.bab import bab_prove
+from nonuniform.proof.milp import verify_box_milp
 
 from .nets import mlp
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from nonuniform import METHODS, compute_bounds, margin_spec
-from nonuniform.attacks import pgd_minimize
-from nonuniform.bounds import BoundedModel
+from nonuniform.attacks.pgd import pgd_minimize
+from nonuniform.engine.bounds import BoundedModel
 
 from .graph_nets import PoolNet, TinyResNet
 from .nets import cnn, mlp
@@ -162,7 +162,7 @@ def test_issue13_rnn_row_boxes_batched_with_each_other():
     """The reported case: on mnist-rnn, a box with image row 20 free, bounded next to a box with
     row 0 free, got +20.59 where a random point reaches 6.63 (alone: -24.81)."""
     from nonuniform import load_model
-    from nonuniform.samples import load_samples
+    from nonuniform.zoo.samples import load_samples
 
     m, _ = load_model("mnist-rnn")
     x, _ = load_samples("mnist")
@@ -183,7 +183,7 @@ def test_issue13_rnn_row_boxes_batched_with_each_other():
 
 
 def test_intersection_never_crosses():
-    from nonuniform.interval import intersect
+    from nonuniform.engine.interval import intersect
 
     l, u = (
         torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nonuniform import METHODS, UnsupportedModelError, compute_bounds
-from nonuniform.bounds import BoundedModel, BoxError, margin_spec
+from nonuniform.engine.bounds import BoundedModel, BoxError, margin_spec
 
 from .nets import assert_bounds_sound, cnn, mlp, random_boxes
 

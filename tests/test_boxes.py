@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 from nonuniform import CertifiedBoxes, certify_boxes, compute_bounds, load_model
-from nonuniform.attacks import falsify_boxes
-from nonuniform.bounds import BoundedModel, margin_spec
-from nonuniform.exact import verify_box_milp
-from nonuniform.finalise import uniform_radius
-from nonuniform.optimiser import balance, shaped_start
-from nonuniform.problem import CertifyConfig, Problem, radii
-from nonuniform.samples import load_samples
-from nonuniform.train import fit_full_batch
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.certify.finalise import uniform_radius
+from nonuniform.certify.optimiser import balance, shaped_start
+from nonuniform.certify.problem import CertifyConfig, Problem, radii
+from nonuniform.engine.bounds import BoundedModel, margin_spec
+from nonuniform.proof.milp import verify_box_milp
+from nonuniform.zoo.samples import load_samples
+from nonuniform.zoo.train import fit_full_batch
 
 
 def _toy_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -161,7 +161,7 @@ def test_crown_at_least_fastlin_on_average(mnist_mlp, mnist_crown):
 def test_samples_are_independent_of_their_batch(mnist_mlp, mnist_crown):
     model, x, y = mnist_mlp
     # The bound of one sample must not depend on its batch-mates (to float32 noise)...
-    from nonuniform.bounds import BoundedModel
+    from nonuniform.engine.bounds import BoundedModel
 
     bm = BoundedModel(model, (1, 28, 28))
     lo, hi = (x - 0.03).clamp(0, 1), (x + 0.03).clamp(0, 1)

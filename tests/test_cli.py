@@ -47,7 +47,7 @@ def test_verify_fails_on_a_tampered_box(tmp_path):
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
-    import nonuniform.runs
+    import nonuniform.runs.rundir
 
     out = tmp_path / "run"
     real = nonuniform.certify_boxes
@@ -60,7 +60,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
 
         return real(*args, callback=cb, **kw)
 
-    monkeypatch.setattr(nonuniform.runs, "certify_boxes", interrupted)
+    monkeypatch.setattr(nonuniform.runs.rundir, "certify_boxes", interrupted)
     res = run(
         "certify",
         "mnist-mlp",
@@ -82,7 +82,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         seen.extend(int(i) for i in indices)
         return real(model, inputs, *args, indices=indices, **kw)
 
-    monkeypatch.setattr(nonuniform.runs, "certify_boxes", counting)
+    monkeypatch.setattr(nonuniform.runs.rundir, "certify_boxes", counting)
     res = run(
         "certify",
         "mnist-mlp",
@@ -174,7 +174,7 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch, args, needle):
 
 
 def test_certify_from_npz_and_full_dataset(tmp_path, data_dir):
-    from nonuniform.samples import load_samples
+    from nonuniform.zoo.samples import load_samples
 
     x, y = load_samples("mnist")
     np.savez(tmp_path / "mine.npz", inputs=x[:2].numpy(), labels=y[:2].numpy())
@@ -278,7 +278,7 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, data_dir):
 
 
 def test_nothing_certified_gives_valid_json(tmp_path):
-    from nonuniform.samples import load_samples
+    from nonuniform.zoo.samples import load_samples
 
     x, y = load_samples("mnist")
     np.savez(tmp_path / "wrong.npz", inputs=x[:2].numpy(), labels=((y[:2] + 1) % 10).numpy())

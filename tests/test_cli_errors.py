@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nonuniform_cli.main import UserError, app, parse_domain, parse_indices, parse_shape
+from nonuniform_cli.main import UserError, app, parse_domain, parse_shape
 from typer.testing import CliRunner
 
 from nonuniform import CertifiedBoxes
-from nonuniform.certified import BoxesFileError
+from nonuniform.certify.result import BoxesFileError
+from nonuniform.zoo.inputs import InputError, select_indices
 
 runner = CliRunner()
 
@@ -68,7 +69,7 @@ CASES = [
     ),
     (
         ["certify", "mnist-mlp", "--out", "{d}/o_as", "--alpha-steps", "2"],
-        "only apply to --method alpha-crown",
+        "--alpha-steps only applies to --method alpha-crown",
     ),
     (
         [
@@ -177,10 +178,10 @@ def test_version_and_module_entry_point():
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=20), st.one_of(st.none(), st.integers(-5, 200)), st.integers(1, 100))
-def test_parse_indices_only_raises_user_errors(spec, count, available):
+def test_select_indices_only_raises_input_errors(spec, count, available):
     try:
-        idx = parse_indices(spec or None, count, available)
-    except UserError:
+        idx = select_indices(spec or None, count, available)
+    except InputError:
         return
     assert idx.size > 0 and idx.min() >= 0 and idx.max() < available
 

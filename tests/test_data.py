@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nonuniform.data import DATASETS, DataError, download, load_dataset, read_idx
+from nonuniform.zoo.data import DATASETS, DataError, download, load_dataset, read_idx
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])

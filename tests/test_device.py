@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nonuniform import certify_boxes, compute_bounds, load_model
-from nonuniform.samples import load_samples
+from nonuniform.zoo.samples import load_samples
 
 from .graph_nets import TinyResNet
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nonuniform.certified import CertifiedBoxes
-from nonuniform.distributed import RayBackend, RayUnavailable, ShardsFailed, grid_batches, run_on_ray
-from nonuniform.models import load_model
-from nonuniform.runs import RunError, certify_run
-from nonuniform.samples import load_samples
+from nonuniform.certify.result import CertifiedBoxes
+from nonuniform.runs.ray import RayBackend, RayUnavailable, ShardsFailed, grid_batches, run_on_ray
+from nonuniform.runs.rundir import RunError, certify_run
+from nonuniform.zoo.models import load_model
+from nonuniform.zoo.samples import load_samples
 
 N, BATCH = 24, 6
 OPTIONS = dict(method="crown", iterations=15, batch_size=BATCH, seed=0)

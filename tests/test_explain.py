@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from nonuniform import certify_boxes, load_model
-from nonuniform.explain import (
+from nonuniform.analysis.attribution import (
     DeepLift,
     InputXGradient,
     IntegratedGradients,
@@ -20,7 +20,7 @@ from nonuniform.explain import (
     robustness_attribution,
     top_k_mask,
 )
-from nonuniform.samples import load_samples
+from nonuniform.zoo.samples import load_samples
 
 
 def test_masked_attack_never_moves_features_outside_the_set(monkeypatch):

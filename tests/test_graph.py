@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from nonuniform import METHODS, UnsupportedModelError, compute_bounds
-from nonuniform.bounds import BoundedModel
-from nonuniform.pooling import MaxPool2d
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.relax.pooling import MaxPool2d
 
 from .graph_nets import PoolNet, TinyResNet
 from .nets import assert_bounds_sound, random_boxes

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from nonuniform.boxes import CertifiedBoxes
-from nonuniform.metrics import (
+from nonuniform.analysis.statistics import (
     class_similarity,
     cosine_similarity,
     feature_robustness,
     similarity_report,
     split_half_correlation,
 )
+from nonuniform.certify.boxes import CertifiedBoxes
 
 
 def _boxes(radii: np.ndarray, preds: np.ndarray) -> CertifiedBoxes:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nonuniform import UnsupportedModelError, compute_bounds, load_model
-from nonuniform.models import (
+from nonuniform.zoo.models import (
     ModelCard,
     ModelError,
     build_model,
@@ -15,8 +15,8 @@ from nonuniform.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from nonuniform.samples import load_samples
-from nonuniform.train import evaluate
+from nonuniform.zoo.samples import load_samples
+from nonuniform.zoo.train import evaluate
 
 FEEDFORWARD = ["fashion-mlp", "fashion-mlp-pgd", "mnist-cnn-small", "mnist-mlp", "mnist-mlp-pgd"]
 RECURRENT = [f"{ds}-{kind}" for ds in ("fashion", "mnist") for kind in ("gru", "lstm", "rnn")]

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from nonuniform import UnsupportedModelError, certify_boxes, load_model
-from nonuniform.attacks import falsify_boxes
-from nonuniform.vnnlib import VnnlibError, decide, parse_vnnlib
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.verify.vnnlib import VnnlibError, decide, parse_vnnlib
 
 from .graph_nets import PoolNet, TinyResNet
 from .nets import assert_bounds_sound, random_boxes

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-import nonuniform.tighten as engine
+import nonuniform.engine.tighten as engine
 from nonuniform import compute_bounds
-from nonuniform.bounds import BoundedModel
-from nonuniform.graph_ops import AddOp
-from nonuniform.patches import patch_size
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.engine.patches import patch_size
+from nonuniform.ir.graph_ops import AddOp
 
 from .graph_nets import StridedResNet, TinyResNet
 from .nets import cnn, random_boxes

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from nonuniform import SequenceClassifier, UnsupportedModelError, certify_boxes, compute_bounds
-from nonuniform.attacks import falsify_boxes
-from nonuniform.bounds import BoundedModel
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.engine.bounds import BoundedModel
 
 from .nets import assert_bounds_sound, random_boxes
 
@@ -130,7 +130,7 @@ def test_clear_errors():
 
 
 def test_batch_is_capped_to_free_memory_without_changing_results(monkeypatch):
-    import nonuniform.boxes as boxes
+    import nonuniform.certify.boxes as boxes
 
     model = seq_model("lstm", seed=15)
     x = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(16))
@@ -161,7 +161,7 @@ def _random_params(params, seed: int):
 def test_alpha_parameters_are_sound_at_any_value(kind):
     """Every node's bounds and the final bound hold at sampled points and corners for random
     parameters of every family (gate planes, S-shaped lines, ReLU slopes)."""
-    from nonuniform.recurrent_alpha import initial_params, params_bound
+    from nonuniform.recurrent.alpha import initial_params, params_bound
 
     model = seq_model(kind, layers=2, seed=11).double()
     lower, upper = random_boxes(SHAPE, batch=3, seed=12, max_radius=0.2, dtype=torch.float64)

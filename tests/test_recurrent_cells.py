@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from nonuniform import SequenceClassifier, recurrent
-from nonuniform.bounds import BoundedModel
-from nonuniform.recurrent_alpha import initial_params, params_bound
-from nonuniform.recurrent_graph import FUSED_MAX_HIDDEN
+import nonuniform.recurrent.engine as recurrent
+from nonuniform import SequenceClassifier
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.recurrent.alpha import initial_params, params_bound
+from nonuniform.recurrent.graph import FUSED_MAX_HIDDEN
 
 from .nets import random_boxes
 from .test_recurrent import SHAPE, _random_params, seq_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nonuniform.gates import Product
-from nonuniform.relaxations import Identity, Sigmoid, Tanh
+from nonuniform.relax.activations import Identity, Sigmoid, Tanh
+from nonuniform.relax.gates import Product
 
 GATES = {"sigmoid*tanh": Product(Sigmoid(), Tanh()), "sigmoid*y": Product(Sigmoid(), Identity())}
 

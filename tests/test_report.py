@@ -14,8 +14,8 @@ from nonuniform_cli.main import app
 from typer.testing import CliRunner
 
 from nonuniform import SequenceClassifier, certify_boxes
-from nonuniform.report import write_report
-from nonuniform.runs import RunDir
+from nonuniform.report.html import write_report
+from nonuniform.runs.rundir import RunDir
 
 runner = CliRunner()
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nonuniform import compute_bounds
-from nonuniform.attacks import falsify_boxes
-from nonuniform.bounds import margin_spec
-from nonuniform.steps import step_robustness
+from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.engine.bounds import margin_spec
+from nonuniform.recurrent.steps import step_robustness
 
 from .nets import mlp
 from .test_recurrent import SHAPE, seq_model
@@ -75,7 +75,7 @@ def test_embedded_step_radii_are_not_quantised_and_maximal(name):
     import numpy as np
 
     from nonuniform import load_model
-    from nonuniform.samples import load_samples
+    from nonuniform.zoo.samples import load_samples
 
     model, _ = load_model(name)
     x, y = load_samples("fashion-mnist" if name.startswith("fashion") else "mnist")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nonuniform.threads import available_cores, configure_threads
+from nonuniform.runtime.threads import available_cores, configure_threads
 
 
 def test_threads_are_capped_and_configurable(monkeypatch):
-    import nonuniform.threads as threads
+    import nonuniform.runtime.threads as threads
 
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0)
@@ -27,7 +27,7 @@ def test_threads_are_capped_and_configurable(monkeypatch):
 
 
 def test_busy_cores_are_left_alone(monkeypatch):
-    import nonuniform.threads as threads
+    import nonuniform.runtime.threads as threads
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

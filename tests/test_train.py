@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nonuniform.models import build_model
-from nonuniform.train import TrainConfig, train
+from nonuniform.zoo.models import build_model
+from nonuniform.zoo.train import TrainConfig, train
 
 
 def _toy_data(n: int = 256, seed: int = 0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from nonuniform import certify_boxes, load_model
-from nonuniform.samples import load_samples
-from nonuniform.verify import verify_boxes
+from nonuniform.verify.boxes import verify_boxes
+from nonuniform.zoo.samples import load_samples
 
 
 def test_verify_passes_real_boxes_and_catches_swapped_and_escaping_ones():

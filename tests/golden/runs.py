@@ -22,7 +22,8 @@ TIMING_KEYS = ("seconds", "wall_seconds", "mean_seconds", "seconds_per_sample")
 
 
 def _images(n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    z = np.load(Path(__file__).resolve().parents[2] / "nonuniform" / "assets" / "samples" / "mnist.npz")
+    package = Path(__file__).resolve().parents[2] / "nonuniform"
+    z = np.load(next(package.rglob("assets/samples/mnist.npz")))  # wherever the layout keeps it
     key = "inputs" if "inputs" in z.files else "images"
     x = torch.from_numpy(z[key][start : start + n].astype(np.float32))
     if z[key].dtype == np.uint8:
@@ -56,7 +57,9 @@ def _compute() -> dict[str, np.ndarray]:
     mlp, _ = nu.load_model("mnist-mlp")
     for method in ("ibp", "fastlin", "crown", "alpha-crown"):
         extra = {"alpha_steps": 5} if method == "alpha-crown" else {}
-        lb, ub = nu.compute_bounds(mlp, (x - 0.01).clamp(0, 1), (x + 0.01).clamp(0, 1), method=method, **extra)
+        lb, ub = nu.compute_bounds(
+            mlp, (x - 0.01).clamp(0, 1), (x + 0.01).clamp(0, 1), method=method, **extra
+        )
         out[f"bounds.mlp.{method}.lb"] = lb.detach().numpy()
         out[f"bounds.mlp.{method}.ub"] = ub.detach().numpy()
     cnn, _ = nu.load_model("mnist-cnn-small")

@@ -1,0 +1,88 @@
+"""The certification problem of one batch: settings, input domain, box parametrisation and margins.
+
+Log-radii ``rho`` (``(n, *input_shape)``, or ``(n, 2, *input_shape)`` for asymmetric radii) define
+the box ``[x0 - exp(rho_lo), x0 + exp(rho_hi)]``, intersected with the domain when ``clip``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..engine.bounds import BoundedModel
+from .settings import UNIT_DOMAIN, CertifyConfig
+
+#: Radii are kept in [MIN_RADIUS, MAX_RADIUS_FACTOR * domain span]: keeps log-radii finite.
+MIN_RADIUS = 1e-7
+MAX_RADIUS_FACTOR = 4.0
+
+
+def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The domain's lower and upper ends, broadcast to the shape of one input ``like``."""
+    try:
+        lo, hi = (torch.as_tensor(d, dtype=like.dtype, device=like.device).expand_as(like) for d in domain)
+    except RuntimeError:
+        raise ValueError(f"domain arrays must broadcast to one input's shape {tuple(like.shape)}") from None
+    return lo, hi
+
+
+class Problem:
+    """Everything about one batch that does not change during optimisation."""
+
+    def __init__(self, bm: BoundedModel, x0: Tensor, spec: Tensor, cfg: CertifyConfig):
+        self.bm, self.x0, self.spec, self.cfg = bm, x0, spec, cfg
+        self.dl, self.du = domain_tensors(UNIT_DOMAIN if cfg.domain is None else cfg.domain, x0[0])
+        self.free = (self.du > self.dl) if cfg.clip else torch.ones_like(self.dl, dtype=torch.bool)
+        self.n_free = int(self.free.sum())
+        span = float((self.du - self.dl).max())
+        span = span if span > 0 else 1.0
+        self.log_min, self.log_max = math.log(MIN_RADIUS), math.log(MAX_RADIUS_FACTOR * span)
+        #: alpha-crown: per-sample slopes left by the joint optimiser (a start for later bounds)
+        self.slopes = None
+
+    def box(self, r_lo: Tensor, r_hi: Tensor, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x0 = self.x0 if x0 is None else x0
+        lo, hi = x0 - r_lo, x0 + r_hi
+        if self.cfg.clip:
+            lo, hi = torch.maximum(lo, self.dl), torch.minimum(hi, self.du)
+        return lo, hi
+
+    def mean_log_width(self, lo: Tensor, hi: Tensor) -> Tensor:
+        width = (hi - lo).flatten(1)[:, self.free.flatten()]
+        return torch.log(width.clamp(min=1e-30)).mean(1)
+
+    def margins(
+        self,
+        lo: Tensor,
+        hi: Tensor,
+        spec: Tensor,
+        bm=None,
+        alpha_steps=None,
+        method: str | None = None,
+        slopes=None,
+    ) -> Tensor:
+        """Lower bounds of the margins: (batch, classes - 1); ``method`` overrides the setting.
+        ``slopes`` (alpha-crown, for these rows): with ``alpha_steps`` unset, one bound pass with
+        these slopes (joint optimisation); else where the slope optimisation starts."""
+        bm = bm or self.bm
+        if alpha_steps is None:
+            alpha_steps = 0 if slopes is not None else self.cfg.alpha_steps
+        lb, _ = bm.bounds(
+            lo,
+            hi,
+            spec,
+            method or self.cfg.method,
+            per_logit=self.cfg.per_logit,
+            bound_upper=False,
+            alpha_steps=alpha_steps,
+            alpha_lr=self.cfg.alpha_lr,
+            slopes=slopes,
+        )
+        return lb
+
+
+def radii(p: Problem, rho: Tensor) -> tuple[Tensor, Tensor]:
+    r = rho.exp()
+    return (r[:, 0], r[:, 1]) if p.cfg.asymmetric else (r, r)

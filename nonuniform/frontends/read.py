@@ -1,0 +1,21 @@
+"""Any supported feedforward model as the engine's graph of ops: picks the front end."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..ir.graph_model import GraphModel
+from ..ir.network import Network
+from .sequential import read_sequential
+
+
+def to_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
+    """A :class:`GraphModel` (ONNX) gives its own graph, an ``nn.Sequential`` is read as a chain,
+    any other module is traced with ``torch.fx``."""
+    if isinstance(model, GraphModel):
+        return model.network(input_shape, dtype, device)
+    if isinstance(model, nn.Sequential):
+        return read_sequential(model, input_shape, dtype, device)
+    from .fx_trace import trace_network
+
+    return trace_network(model, input_shape, dtype, device)
