@@ -131,4 +131,7 @@ def larger(args) -> None:
 
 
 if __name__ == "__main__":
+    from nonuniform.runtime.threads import configure_threads
+
+    configure_threads()  # the CLI's thread policy; importing the library sets none
     main()

@@ -128,4 +128,7 @@ def _hours(seconds: float) -> str:
 
 
 if __name__ == "__main__":
+    from nonuniform.runtime.threads import configure_threads
+
+    configure_threads()  # the CLI's thread policy; importing the library sets none
     main()

@@ -155,4 +155,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nonuniform.runtime.threads import configure_threads
+
+    configure_threads()  # the CLI's thread policy; importing the library sets none
     main()

@@ -9,6 +9,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """The CLI's thread policy for the whole suite (the library sets none on import): a
+    descheduled thread makes every small parallel op wait (see nonuniform.runtime.threads)."""
+    from nonuniform.runtime.threads import configure_threads
+
+    configure_threads()
+
+
 def shared_data_dir() -> Path | None:
     """The full data sets: $NONUNIFORM_DATA, else ../shared/data beside the repository."""
     env = os.environ.get("NONUNIFORM_DATA")
