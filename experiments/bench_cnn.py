@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=kinds, choices=kinds)
     ap.add_argument(
         "--options", nargs="*", default=[], metavar="KEY=INT",
-        help="certify_boxes options, e.g. shape_steps=0 iterations=60 (the defaults before session 9)",
+        help="certify_boxes options, e.g. shape_steps=0 iterations=60 (the defaults before commit 19aca7b)",
     )  # fmt: skip
     args = ap.parse_args()
     options = {k: int(v) for k, v in (kv.split("=") for kv in args.options)}

@@ -6,7 +6,7 @@ times t, clipped to the domain) still survives a strong attack (PGD, 5 restarts 
 certificate leaves on the table. The exact counterpart (MILP's t against CROWN's, alpha-CROWN's
 and branch-and-bound's on small ReLU nets) is ``experiments/yardstick.py`` / ``yardstick.md``.
 
-Session 5: the attack's margin objective was wrong before (it compared the predicted class with
+commit 64d5d30: the attack's margin objective was wrong before (it compared the predicted class with
 the lowest other logit), which made this table's t about 5x too large; re-run with the fix.
 Run: ``.venv/bin/python experiments/tightness.py [--count 30]``; writes
 ``experiments/results/tightness.md``.
@@ -71,7 +71,7 @@ def main() -> None:
         "attack cannot break (PGD 5 restarts x 50 steps, 4 smoothed rounds, 256 corners); "
         f"bisection on log t in [0, log {T_MAX:g}], so t = {T_MAX:g} means never broken. "
         f"First {args.count} embedded MNIST test images. The attack is PGD with smoothed rounds and "
-        "corners, with the runner-up margin objective (fixed in session 5; before, it compared "
+        "corners, with the runner-up margin objective (fixed in commit 64d5d30; before, it compared "
         "with the lowest other logit and t came out ~5x too large). MILP against certified t on "
         "small ReLU nets: `yardstick.md`.",
         "Reproduce: `.venv/bin/python experiments/tightness.py`.",

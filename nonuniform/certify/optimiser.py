@@ -62,7 +62,7 @@ def balance(p: Problem, idx: Tensor, rho: Tensor, on_step: Callable[[], None] | 
     ``BALANCE_MIN_STEP``, after ``cfg.shape_steps`` steps, or when a step grows the mean
     log-width by less than ``cfg.ftol``. Why: each step costs one bound with the gradient plus
     a short search (~5 bounds without it), and on mnist-cnn-small four steps reach larger boxes
-    than 60 augmented-Lagrangian iterations (docs/NOTES.md, session 9).
+    than 60 augmented-Lagrangian iterations (docs/NOTES.md, commit 19aca7b).
     """
     cfg = p.cfg
     rho = rho.clone()

@@ -17,7 +17,7 @@ a handful of operations on stacked tensors, with exactly the same arithmetic:
 
 Only cells up to ``FUSED_MAX_HIDDEN`` (16) wide are fused: the gain comes from fewer operations,
 and wider cells are bound by data volume, where the fused step's larger temporaries cost as
-much as they save (measured in experiments/results/recurrent.md, session 10).
+much as they save (measured in experiments/results/recurrent.md, commit d4b7093).
 
 Shapes: coefficients ``L (batch or 1, rows, H)``; a selection is K tensors ``(batch, rows, H)``.
 """

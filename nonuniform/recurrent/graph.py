@@ -25,7 +25,7 @@ from ..relax.gates import Product
 Weight = Tensor | float | AffineOp
 
 #: Largest hidden size whose steps are fused (:class:`Cell`). Measured on an LSTM at batch 25
-#: (experiments/results/recurrent.md, session 10): hidden 16 1.2-1.5x faster with the gradient,
+#: (experiments/results/recurrent.md, commit d4b7093): hidden 16 1.2-1.5x faster with the gradient,
 #: 1.1-1.6x without; from 24 on a wash (0.9-1.07x): the stacked selections are then large
 #: enough to be memory-bound, and the node-by-node walk's smaller temporaries do as well.
 FUSED_MAX_HIDDEN = 16

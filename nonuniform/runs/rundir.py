@@ -9,7 +9,7 @@ A run directory holds
   part behind;
 * ``boxes.npz`` and ``summary.json`` -- the assembled result, written when the run completes;
 * ``ray_shards.json`` -- with the Ray backend: host, pid, seconds, samples and peak RSS of every
-  shard of the last session.
+  shard of the last run.
 
 Resuming (:meth:`RunDir.open` with ``resume=True``) refuses a run whose identity differs, naming
 each difference, and recomputes the samples of a part that cannot be read (the part is moved to
@@ -252,7 +252,7 @@ def certify_run(
             backend, _worker_model_spec(card), _numpy(inputs), None if labels is None else _numpy(labels),
             np.asarray(indices), grid_batches(todo, cfg.batch_size), cfg.to_dict(), shard_done, out,
         )  # fmt: skip
-        # where each shard ran, how long it took and the worker's peak memory (this session's shards)
+        # where each shard ran, how long it took and the worker's peak memory (this run's shards)
         atomic_write_bytes(out / "ray_shards.json", json.dumps(shards, indent=1).encode())
     elif len(todo):
         certify_boxes(
