@@ -87,7 +87,7 @@ def main() -> None:
         "# Third-party networks (VNN-COMP 2021)",
         "",
         "Networks and properties from `../shared/models/vnncomp2021` (see its SOURCES.md), loaded from",
-        "ONNX (every one matches onnxruntime, `tests/test_onnx.py`). 2 CPU threads, run alone.",
+        "ONNX (every one matches onnxruntime, `tests/frontends/test_onnx.py`). 2 CPU threads, run alone.",
         "Reproduce: `.venv/bin/python experiments/third_party.py`.",
         "",
         "## Certified non-uniform boxes around the spec centres",

@@ -9,8 +9,7 @@ from torch import nn
 
 from nonuniform.engine.alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
 from nonuniform.engine.bounds import BoundedModel, margin_spec
-
-from .nets import cnn, mlp, random_boxes
+from tests.nets import cnn, mlp, random_boxes
 
 
 def _deep(act: nn.Module, seed: int) -> nn.Sequential:

@@ -11,9 +11,8 @@ from nonuniform import compute_bounds
 from nonuniform.engine.bounds import BoundedModel
 from nonuniform.engine.patches import patch_size
 from nonuniform.ir.graph_ops import AddOp
-
-from .graph_nets import StridedResNet, TinyResNet
-from .nets import cnn, random_boxes
+from tests.graph_nets import StridedResNet, TinyResNet
+from tests.nets import cnn, random_boxes
 
 
 def strided_cnn(seed: int) -> nn.Sequential:

@@ -11,9 +11,8 @@ from nonuniform import SequenceClassifier
 from nonuniform.engine.bounds import BoundedModel
 from nonuniform.recurrent.alpha import initial_params, params_bound
 from nonuniform.recurrent.graph import FUSED_MAX_HIDDEN
-
-from .nets import random_boxes
-from .test_recurrent import SHAPE, _random_params, seq_model
+from tests.nets import random_boxes
+from tests.recurrent.test_recurrent import SHAPE, _random_params, seq_model
 
 
 def _bound_and_grad(bm: BoundedModel, lower, upper, method: str, params=None):

@@ -9,7 +9,7 @@ import pytest
 from nonuniform.certify.settings import CertifyConfig, solver_defaults
 from nonuniform.engine.methods import METHODS, Method
 
-#: Fields that change only how the work runs (samples are independent: tests/test_batch_mixing.py).
+#: Fields that change only how the work runs (samples are independent: tests/engine/test_batch_mixing.py).
 RUN_FIELDS = {"batch_size", "device"}
 
 

@@ -7,8 +7,7 @@ import torch
 
 from nonuniform import certify_boxes, compute_bounds, load_model
 from nonuniform.zoo.samples import load_samples
-
-from .graph_nets import TinyResNet
+from tests.graph_nets import TinyResNet
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -9,9 +9,8 @@ from nonuniform import compute_bounds
 from nonuniform.attacks.pgd import falsify_boxes
 from nonuniform.engine.bounds import margin_spec
 from nonuniform.recurrent.steps import step_robustness
-
-from .nets import mlp
-from .test_recurrent import SHAPE, seq_model
+from tests.nets import mlp
+from tests.recurrent.test_recurrent import SHAPE, seq_model
 
 
 def _step_box(x, t, r):

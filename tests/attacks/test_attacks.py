@@ -8,9 +8,8 @@ from torch import nn
 from nonuniform.attacks.pgd import falsify_boxes, margin_objective
 from nonuniform.attacks.smoothed import smoothed_forward
 from nonuniform.proof.milp import verify_box_milp
-
-from .graph_nets import PoolNet, TinyResNet
-from .nets import random_boxes
+from tests.graph_nets import PoolNet, TinyResNet
+from tests.nets import random_boxes
 
 
 def test_smoothed_copy_tends_to_the_network():

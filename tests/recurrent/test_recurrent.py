@@ -9,8 +9,7 @@ from torch import nn
 from nonuniform import SequenceClassifier, UnsupportedModelError, certify_boxes, compute_bounds
 from nonuniform.attacks.pgd import falsify_boxes
 from nonuniform.engine.bounds import BoundedModel
-
-from .nets import assert_bounds_sound, random_boxes
+from tests.nets import assert_bounds_sound, random_boxes
 
 SHAPE = (5, 3)  # 5 time steps of 3 features
 

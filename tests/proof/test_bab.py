@@ -14,8 +14,7 @@ import nonuniform.proof.bab as bab
 from nonuniform.engine.bounds import BoundedModel, margin_spec
 from nonuniform.proof.bab import bab_prove
 from nonuniform.proof.milp import verify_box_milp
-
-from .nets import mlp
+from tests.nets import mlp
 
 
 def toy(seed: int):

@@ -8,8 +8,7 @@ from torch import nn
 
 from nonuniform import METHODS, UnsupportedModelError, compute_bounds
 from nonuniform.engine.bounds import BoundedModel, BoxError, margin_spec
-
-from .nets import assert_bounds_sound, cnn, mlp, random_boxes
+from tests.nets import assert_bounds_sound, cnn, mlp, random_boxes
 
 ACTS = {
     "relu": nn.ReLU(),

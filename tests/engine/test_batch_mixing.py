@@ -8,7 +8,7 @@ float32 and float64. Each batch is checked for
 (b) soundness: uniform samples, corners and PGD inside each box never beat its bound.
 
 The normal suite runs one seed per (model, method, dtype). The opt-in long run tries many:
-``NONUNIFORM_SEEDS=200 pytest tests/test_batch_mixing.py`` (its tally is in docs/NOTES.md).
+``NONUNIFORM_SEEDS=200 pytest tests/engine/test_batch_mixing.py`` (its tally is in docs/NOTES.md).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from torch import nn
 from nonuniform import METHODS, compute_bounds, margin_spec
 from nonuniform.attacks.pgd import pgd_minimize
 from nonuniform.engine.bounds import BoundedModel
-
-from .graph_nets import PoolNet, TinyResNet
-from .nets import cnn, mlp
-from .test_recurrent import SHAPE as SEQ_SHAPE
-from .test_recurrent import seq_model
+from tests.graph_nets import PoolNet, TinyResNet
+from tests.nets import cnn, mlp
+from tests.recurrent.test_recurrent import SHAPE as SEQ_SHAPE
+from tests.recurrent.test_recurrent import seq_model
 
 SEEDS = int(os.environ.get("NONUNIFORM_SEEDS", "1"))
 KINDS = ("tiny", "small", "huge", "row", "edge", "point", "mixed")
@@ -141,7 +140,7 @@ def check_batch(model: nn.Module, shape, method: str, seed: int, dtype, batch: i
 CASES = [(name, method) for name in MODELS for method in METHODS]
 RECURRENT = {"rnn-tanh", "rnn-relu", "lstm", "gru", "bigru"}
 # Recurrent alpha-crown costs ~10 s per case: float32 only (float64 runs the same code), and
-# not for the bidirectional GRU (its parameters: tests/test_recurrent.py).
+# not for the bidirectional GRU (its parameters: tests/recurrent/test_recurrent.py).
 DTYPED = [
     pytest.param(name, method, dtype, id=f"{name}-{method}-{tag}")
     for name, method in CASES

@@ -70,7 +70,7 @@ def test_ignored_features_get_largest_radii_and_stay_out_of_explanations():
     # ignored features span the whole domain: half-width 0.5, the largest possible
     assert np.allclose(radii[:, :, :14], 0.5)
     assert (radii[:, :, :14].min(axis=(1, 2)) >= radii.reshape(3, -1).max(1) - 1e-7).all()
-    from .test_boxes import _assert_unbroken
+    from tests.certify.test_boxes import _assert_unbroken
 
     _assert_unbroken(model, res, restarts=2)  # boxes spanning whole columns must still hold
     for k in (0.05, 0.2, 0.45):

@@ -15,9 +15,8 @@ from torch import nn
 from nonuniform import UnsupportedModelError, certify_boxes, load_model
 from nonuniform.attacks.pgd import falsify_boxes
 from nonuniform.verify.vnnlib import VnnlibError, decide, parse_vnnlib
-
-from .graph_nets import PoolNet, TinyResNet
-from .nets import assert_bounds_sound, random_boxes
+from tests.graph_nets import PoolNet, TinyResNet
+from tests.nets import assert_bounds_sound, random_boxes
 
 ort = pytest.importorskip("onnxruntime")
 

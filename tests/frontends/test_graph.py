@@ -11,9 +11,8 @@ from torch import nn
 from nonuniform import METHODS, UnsupportedModelError, compute_bounds
 from nonuniform.engine.bounds import BoundedModel
 from nonuniform.relax.pooling import MaxPool2d
-
-from .graph_nets import PoolNet, TinyResNet
-from .nets import assert_bounds_sound, random_boxes
+from tests.graph_nets import PoolNet, TinyResNet
+from tests.nets import assert_bounds_sound, random_boxes
 
 GRAPHS = {"resnet": TinyResNet(seed=1), "poolnet": PoolNet(seed=2)}
 
