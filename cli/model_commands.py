@@ -59,9 +59,28 @@ def vnnlib(
 @user_errors
 def models(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ops: Annotated[
+        bool, typer.Option("--ops", help="List every supported operation (PyTorch and ONNX) instead.")
+    ] = False,
 ) -> None:
-    """List the embedded models and their cards."""
+    """List the embedded models and their cards (--ops: the supported operations)."""
     from nonuniform.zoo.models import embedded_models, load_model
+
+    if ops:
+        from nonuniform.frontends.catalogue import NOT_YET, rows
+
+        if json_out:
+            keys = ("operation", "pytorch", "onnx")
+            out_console.print_json(json.dumps([dict(zip(keys, r, strict=True)) for r in rows()]))
+            return
+        t = Table(title="supported operations")
+        for col in ("operation", "PyTorch", "ONNX"):
+            t.add_column(col)
+        for r in rows():
+            t.add_row(*(v or "-" for v in r))
+        out_console.print(t)
+        out_console.print(f"not supported yet: {NOT_YET}", markup=False, highlight=False)
+        return
 
     cards = [load_model(name)[1] for name in embedded_models()]
     if json_out:

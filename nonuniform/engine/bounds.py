@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..frontends.read import to_network
-from ..ir.network import AffineOp, Network
+from ..ir.network import AffineOp, Network, UnsupportedModelError
 from ..relax.activations import LinearRelaxation
 from .alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
 from .interval import clip_split, concretise
@@ -244,6 +244,9 @@ class BoundedModel:
         _check_method(method)
         spec = self.default_spec(lower, upper) if spec is None else self._check_spec(spec, lower)
         if per_logit:
+            check_transform_spec(
+                getattr(self.net, "output_transform", None), torch.eye(self.num_classes)[None]
+            )
             eye = torch.eye(self.num_classes, dtype=lower.dtype, device=lower.device)
             lo, hi = self.bounds(
                 lower,
@@ -312,7 +315,28 @@ class BoundedModel:
                 f"spec must be shaped (specs, {self.num_classes}) or (batch={lower.shape[0]}, "
                 f"specs, {self.num_classes}); got {tuple(spec.shape)}"
             )
+        check_transform_spec(getattr(self.net, "output_transform", None), spec)
         return spec
+
+
+def check_transform_spec(transform: str | None, spec: Tensor) -> None:
+    """Refuse specifications for which stripping the model's final softmax is not exact (see
+    :data:`~nonuniform.ir.network.OUTPUT_TRANSFORMS`): log_softmax needs rows that sum to zero,
+    softmax pairwise margins (one +c and one -c per row); their bounds are of the logits' margins."""
+    if transform is None:
+        return
+    if transform == "log_softmax":
+        ok = spec.sum(-1).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1)
+    else:
+        nonzero = spec != 0
+        pair = nonzero.sum(-1) == 2
+        ok = pair & ((spec.sum(-1)).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1))
+    if not bool(ok.all()):
+        raise UnsupportedModelError(
+            f"the model ends in {transform}, which is stripped only for margins (rows "
+            f"{'summing to zero' if transform == 'log_softmax' else 'f_c - f_j'}); bound the logits "
+            "model without it for other specifications (per_logit too)"
+        )
 
 
 def _check_method(method: str) -> None:

@@ -1,10 +1,11 @@
 """PyTorch front end: any ``nn.Module`` traced by ``torch.fx`` into the engine's graph of ops.
 
-Supported (as modules, functions or tensor methods): Linear, Conv2d, BatchNorm1d/2d (eval),
-ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (whole-number ratios),
-Flatten/flatten/view/reshape, torch.cat, + and - of two computed tensors (residual blocks), +, -,
-*, / by constants, Dropout, Identity, contiguous, and :class:`~nonuniform.Normalize`. Anything
-else fails before any bound is computed, naming the node, its target and its position.
+Supported (as modules, functions or tensor methods): every layer the ``nn.Sequential`` reader
+knows (:mod:`.layers`, activations from :mod:`.activations`), functional layers and layout
+(:mod:`.fx_calls`: F.linear, F.conv2d, pooling, permute/transpose, reshapes, cat/stack, mean),
++ and - of two computed tensors (residual blocks), +, -, *, / by constants, a final softmax /
+log_softmax (stripped for margins), and :class:`~nonuniform.Normalize`. Anything else fails
+before any bound is computed, naming the node, its target and its position.
 
 Shapes come from one forward pass on an example batch (``ShapeProp``); a reshape keeps the batch
 axis and takes its per-sample shape from that pass.
@@ -16,38 +17,27 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..ir.graph_model import GraphBuilder
-from ..ir.graph_ops import AddOp, ConcatOp, ReshapeOp, ScaleShiftOp
+from ..ir.graph_ops import AddOp, ScaleShiftOp
 from ..ir.network import Activation, Network, UnsupportedModelError
 from ..modules import Normalize
-from ..relax.activations import PiecewiseLinear, Sigmoid, Tanh
-from .layers import _convert, global_avg_pool
+from .activations import call_relaxation
+from .fx_calls import LAYOUT_CALLS, constant, convert_call, pool, shape
+from .layers import convert_layer
 
 SUPPORTED_FX = (
-    "Linear, Conv2d, BatchNorm (eval), ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d, Flatten/view/reshape, torch.cat, residual +/-, +-*/ by constants, Dropout, "
-    "Identity, nonuniform.Normalize"
+    "the layers of nn.Sequential models (Linear, Conv1d/2d, BatchNorm, pooling, the activations of "
+    "`nonuniform models --ops`) as modules or F. functions, AdaptiveAvg/MaxPool2d, softmax at the "
+    f"output, {LAYOUT_CALLS}, residual +/-, +-*/ by constants, Dropout, Identity, nonuniform.Normalize"
 )
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _SUB = {operator.sub, operator.isub, torch.sub, "sub"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul"}
 _DIV = {operator.truediv, operator.itruediv, torch.div, "div"}
-_RESHAPE = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
-_IDENTITY = {F.dropout, "contiguous", "clone", "detach"}
-_ACTS = {
-    F.relu: PiecewiseLinear,
-    torch.relu: PiecewiseLinear,
-    "relu": PiecewiseLinear,
-    torch.sigmoid: Sigmoid,
-    F.sigmoid: Sigmoid,
-    "sigmoid": Sigmoid,
-    torch.tanh: Tanh,
-    F.tanh: Tanh,
-    "tanh": Tanh,
-}
+_IDENTITY = {F.dropout, "contiguous", "clone", "detach", "float"}
 
 
 class _Tracer(fx.Tracer):
@@ -57,10 +47,17 @@ class _Tracer(fx.Tracer):
 
 def trace_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
     """The engine's graph for ``model`` at ``input_shape`` (raises UnsupportedModelError)."""
-    return Network.from_ops(trace_ops(model, input_shape), input_shape, dtype, device)
+    ops, transform = trace(model, input_shape)
+    return Network.from_ops(ops, input_shape, dtype, device, transform)
 
 
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list:
+    """The ops of ``model`` (its final softmax, if any, stripped: see :func:`trace`)."""
+    return trace(model, input_shape)[0]
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list, str | None]:
+    """``model``'s ops and the final softmax / log_softmax stripped from them (or None)."""
     if model.training:
         model.eval()
     if _Tracer().is_leaf_module(model, ""):
@@ -101,7 +98,11 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list:
             out = node.args[0]
             if not isinstance(out, fx.Node):
                 raise UnsupportedModelError("the model must return one tensor of logits")
-            return b.finish(out.name)
+            try:
+                ops = b.finish(out.name)
+            except ValueError as e:
+                raise UnsupportedModelError(str(e)) from None
+            return ops, b.output_transform
         elif node.op == "get_attr":
             continue  # constants are read where they are used
         else:
@@ -116,22 +117,6 @@ def _where(node: fx.Node, pos: int, n: int) -> str:
     return f"node '{node.name}' ({node.op} {target}, {pos + 1} of {n} in the traced graph)"
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    return tuple(node.meta["tensor_meta"].shape)
-
-
-def _const(gm: fx.GraphModule, a) -> Tensor | float | None:
-    """A constant argument (number or get_attr tensor), else None."""
-    if isinstance(a, (int, float)):
-        return float(a)
-    if isinstance(a, fx.Node) and a.op == "get_attr":
-        t = gm
-        for part in str(a.target).split("."):
-            t = getattr(t, part)
-        return t.detach()
-    return None
-
-
 def _convert_node(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, pos: int, n: int) -> None:
     where = _where(node, pos, n)
     name = node.name
@@ -140,17 +125,26 @@ def _convert_node(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, pos: int, 
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         src = node.args[0].name
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            b.add(_adaptive(str(node.target), _shape(node.args[0]), _shape(node), where), [src], name)
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            fn = F.adaptive_avg_pool2d if isinstance(m, nn.AdaptiveAvgPool2d) else F.adaptive_max_pool2d
+            b.add(pool(fn, node, where), [src], name)
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+            if len(shape(node)) != 2 or m.dim not in (1, -1):
+                raise UnsupportedModelError(
+                    f"{where}: a softmax is supported only over the classes of the output"
+                )
+            b.transform(name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", src)
         else:
             try:
-                op = _convert(str(node.target), m, torch.float64, "cpu")
+                ops = convert_layer(str(node.target), m, torch.float64, "cpu")
             except UnsupportedModelError as e:
                 raise UnsupportedModelError(f"{where}: {e}") from None
-            if op is None:
+            if not ops:
                 b.alias(name, src)
-            else:
-                b.add(op, [src], name)
+            for k, op in enumerate(ops):
+                out = name if k == len(ops) - 1 else f"{name}.{k}"
+                b.add(op, [src], out)
+                src = out
         return
     t = node.target
     if not isinstance(node.meta.get("tensor_meta"), TensorMetadata):
@@ -158,54 +152,46 @@ def _convert_node(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, pos: int, 
     if node.op not in ("call_function", "call_method") or not tensors:
         raise UnsupportedModelError(f"{where} is not supported. Supported: {SUPPORTED_FX}")
     x = tensors[0].name
-    if t in _IDENTITY:
+    try:
+        relaxation = call_relaxation(t, tuple(node.args), dict(node.kwargs))
+    except (ValueError, TypeError) as e:
+        raise UnsupportedModelError(f"{where}: {e}") from None
+    if relaxation is not None:
+        kind = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        b.add(Activation(name, kind, relaxation), [x], name)
+    elif t in _IDENTITY:
         b.alias(name, x)
-    elif t in _ACTS:
-        b.add(Activation(name, str(getattr(t, "__name__", t)), _ACTS[t]()), [x], name)
-    elif t in (F.leaky_relu, "leaky_relu"):
-        slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-        b.add(Activation(name, "leaky_relu", PiecewiseLinear(slope)), [x], name)
-    elif t in _RESHAPE:
-        if _shape(node)[0] != _shape(tensors[0])[0]:
-            raise UnsupportedModelError(f"{where} merges the batch axis (shape {_shape(node)})")
-        b.add(ReshapeOp(name, "reshape", _shape(node)[1:]), [x], name)
-    elif t in (torch.cat, "cat"):
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        parts = [a.name for a in node.args[0]]
-        b.add(ConcatOp(name, "cat", dim if dim >= 0 else dim + len(_shape(node))), parts, name)
-    elif t in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d):
-        raise UnsupportedModelError(f"{where}: use the nn.MaxPool2d / nn.AvgPool2d modules instead")
     elif t in _ADD | _SUB | _MUL | _DIV:
         _arith(gm, b, node, t, where)
-    else:
+    elif not convert_call(gm, b, node, where):
         raise UnsupportedModelError(f"{where} is not supported. Supported: {SUPPORTED_FX}")
 
 
 def _arith(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, t, where: str) -> None:
     a0, a1 = node.args[0], node.args[1]
     computed = [isinstance(a, fx.Node) and b.has(a.name) for a in (a0, a1)]
-    shape = _shape(node)[1:]
+    sample_shape = shape(node)[1:]
     name = node.name
     if all(computed):
         if t in _MUL | _DIV:
             raise UnsupportedModelError(f"{where}: the product of two computed tensors is not supported")
-        if _shape(a0) != _shape(a1):
-            raise UnsupportedModelError(f"{where}: adds tensors of shapes {_shape(a0)} and {_shape(a1)}")
+        if shape(a0) != shape(a1):
+            raise UnsupportedModelError(f"{where}: adds tensors of shapes {shape(a0)} and {shape(a1)}")
         b.add(
             AddOp(name, "add" if t in _ADD else "sub", (1.0, 1.0 if t in _ADD else -1.0)),
             [a0.name, a1.name],
             name,
         )
         return
-    x, c, first = (a0, _const(gm, a1), True) if computed[0] else (a1, _const(gm, a0), False)
+    x, c, first = (a0, constant(gm, a1), True) if computed[0] else (a1, constant(gm, a0), False)
     if c is None:
         raise UnsupportedModelError(f"{where}: an operand is neither computed nor a constant")
     c = torch.as_tensor(c, dtype=torch.float64)
-    if c.dim() > len(shape) or (c.dim() == len(shape) + 1 and c.shape[0] != 1):
+    if c.dim() > len(sample_shape) + 1 or (c.dim() == len(sample_shape) + 1 and c.shape[0] != 1):
         raise UnsupportedModelError(
             f"{where}: a constant of shape {tuple(c.shape)} broadcasts over the batch"
         )
-    c = c.reshape(c.shape[1:]) if c.dim() == len(shape) + 1 else c
+    c = c.reshape(c.shape[1:]) if c.dim() == len(sample_shape) + 1 else c
     if t in _ADD:
         op = ScaleShiftOp(name, "add", None, c)
     elif t in _SUB:
@@ -217,12 +203,3 @@ def _arith(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, t, where: str) ->
     else:
         raise UnsupportedModelError(f"{where}: division by a computed tensor is not supported")
     b.add(op, [x.name], name)
-
-
-def _adaptive(name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], where: str):
-    (c, h, w), (ho, wo) = in_shape[1:], out_shape[2:]
-    if h % ho or w % wo:
-        raise UnsupportedModelError(
-            f"{where}: AdaptiveAvgPool2d from {h}x{w} to {ho}x{wo} is not a fixed-size average"
-        )
-    return global_avg_pool(name, "AdaptiveAvgPool2d", c, (h // ho, w // wo), torch.float64, "cpu")

@@ -7,14 +7,21 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..ir.graph_ops import SqueezeOp, UnsqueezeOp
 from ..ir.ops import Activation, ChannelAffineOp, ConvOp, FlattenOp, LinearOp, Op, UnsupportedModelError
 from ..modules import RECURRENT, Normalize
-from ..relax.activations import PiecewiseLinear, Sigmoid, Tanh
 from ..relax.pooling import MaxPool2d
+from .activations import module_relaxation
+
+
+class UnknownLayer(UnsupportedModelError):
+    """A module type the layer converter does not know (a custom module: trace it instead)."""
+
 
 SUPPORTED = (
-    "Linear, Conv2d, Flatten, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm1d/2d (eval), AvgPool2d, MaxPool2d, "
-    "Dropout, Identity, nonuniform.Normalize, nested nn.Sequential"
+    "Linear, Conv1d/2d (grouped too), Flatten, BatchNorm1d/2d (eval), AvgPool1d/2d, MaxPool1d/2d, "
+    "Dropout, Identity, nonuniform.Normalize, nested nn.Sequential, and the activations of "
+    "`nonuniform models --ops` (ReLU, LeakyReLU, ReLU6, Hardtanh, Sigmoid, Tanh, GELU, SiLU, ELU, ...)"
 )
 
 
@@ -92,17 +99,17 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
                 "nn.Flatten() (start_dim=1)"
             )
         return FlattenOp(name, kind, m.start_dim, m.end_dim)
-    if isinstance(m, nn.ReLU):
-        return Activation(name, kind, PiecewiseLinear(0.0))
-    if isinstance(m, nn.LeakyReLU):
-        try:
-            return Activation(name, kind, PiecewiseLinear(m.negative_slope))
-        except ValueError as e:
-            raise UnsupportedModelError(f"layer '{name}' (LeakyReLU): {e}") from None
-    if isinstance(m, nn.Sigmoid):
-        return Activation(name, kind, Sigmoid())
-    if isinstance(m, nn.Tanh):
-        return Activation(name, kind, Tanh())
+    try:
+        relaxation = module_relaxation(m)
+    except ValueError as e:
+        raise UnsupportedModelError(f"layer '{name}' ({kind}): {e}") from None
+    if relaxation is not None:
+        return Activation(name, kind, relaxation)
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        raise UnsupportedModelError(
+            f"layer '{name}' (AdaptiveMaxPool2d): its window depends on the input size; it is "
+            "supported inside traced models (not as a child of an nn.Sequential read directly)"
+        )
     if isinstance(m, nn.AvgPool2d):
         k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
         if m.ceil_mode or m.divisor_override is not None or (any(p) and not m.count_include_pad):
@@ -127,11 +134,51 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
             f"layer '{name}' ({kind}) is recurrent: wrap it as nonuniform.SequenceClassifier(rnn, head) "
             "instead of putting it inside an nn.Sequential"
         )
-    raise UnsupportedModelError(
+    raise UnknownLayer(
         f"layer '{name}' ({kind}) is not supported by the bound engine. Supported: {SUPPORTED}. "
         "Other modules are traced by torch.fx (residual adds, concat, constants: see "
         "nonuniform.frontends.fx_trace) or can be exported to ONNX."
     )
+
+
+def convert_layer(name: str, m: nn.Module, dtype, device) -> list[Op]:
+    """``m`` as ops: most layers are one op (:func:`_convert`); 1-D convolutions and pooling run
+    as their 2-D forms on a (C, 1, L) view (exact), between an unsqueeze and a squeeze."""
+    if isinstance(m, (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d)):
+        return [
+            UnsqueezeOp(f"{name}.as2d", type(m).__name__, 1),
+            _as_2d(name, m, dtype, device),
+            SqueezeOp(f"{name}.as1d", type(m).__name__, 1),
+        ]
+    op = _convert(name, m, dtype, device)
+    return [] if op is None else [op]
+
+
+def _as_2d(name: str, m: nn.Module, dtype, device) -> Op:
+    kind = type(m).__name__
+    one = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
+    if isinstance(m, nn.Conv1d):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
+            raise UnsupportedModelError(f"layer '{name}' (Conv1d): only zero padding given as a number")
+        pad = 0 if isinstance(m.padding, str) else one(m.padding)
+        return ConvOp(
+            name, kind, _to(m.weight.unsqueeze(2), dtype, device), _to(m.bias, dtype, device),
+            (1, one(m.stride)), (0, pad), (1, one(m.dilation)), m.groups,
+        )  # fmt: skip
+    k, s, p = one(m.kernel_size), one(m.stride or m.kernel_size), one(m.padding)
+    if isinstance(m, nn.MaxPool1d):
+        if m.ceil_mode or one(m.dilation) != 1 or m.return_indices:
+            raise UnsupportedModelError(
+                f"layer '{name}' (MaxPool1d) uses ceil_mode, dilation or return_indices"
+            )
+        return Activation(name, kind, MaxPool2d((1, k), (1, s), (0, p)))
+    if m.ceil_mode or (p and not m.count_include_pad):
+        raise UnsupportedModelError(
+            f"layer '{name}' (AvgPool1d) uses ceil_mode or padding without count_include_pad"
+        )
+    op = ConvOp(name, kind, torch.empty(0), None, (1, s), (0, p), (1, 1), 0)
+    op.pool_kernel = (1, k)  # type: ignore[attr-defined]
+    return op
 
 
 def global_avg_pool(name: str, kind: str, channels: int, kernel: tuple[int, int], dtype, device) -> ConvOp:

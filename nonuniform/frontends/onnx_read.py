@@ -1,9 +1,9 @@
 """ONNX front end: an ``.onnx`` file read with the ``onnx`` package into the engine's ops.
 
-Supported operators: Gemm, MatMul (by a constant matrix), Add, Sub (of two computed tensors or
-with a constant), Mul, Div (by constants), Conv, BatchNormalization, Relu, Sigmoid, Tanh,
-LeakyRelu, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape, Transpose (a layout change
-that keeps the batch axis), Concat, Pad (constant), Constant, Identity, Dropout. Nodes whose
+Supported operators: :data:`SUPPORTED_ONNX` (activations, exporters' activation patterns, 1-D
+convolutions, layout and reductions in :mod:`.onnx_ops`). Add and Sub take two computed tensors or
+a constant, Mul and Div a constant (or an activation pattern), Transpose must keep the batch
+axis, a Softmax is stripped at the output (see ``ir.network.OUTPUT_TRANSFORMS``). Nodes whose
 inputs are all constants (shape arithmetic such as Shape -> Gather -> Concat -> Reshape) are
 evaluated once with onnx's reference evaluator. Anything else fails before any bound is
 computed, naming the node, its operator and its position.
@@ -30,14 +30,15 @@ from ..ir.network import (
     LinearOp,
     UnsupportedModelError,
 )
-from ..relax.activations import PiecewiseLinear, Sigmoid, Tanh
 from ..relax.pooling import MaxPool2d
 from .layers import global_avg_pool
+from .onnx_ops import ACTIVATION_OPS, MoreOps
 
 SUPPORTED_ONNX = (
-    "Gemm, MatMul, Add, Sub, Mul, Div, Conv, BatchNormalization, Relu, Sigmoid, Tanh, LeakyRelu, "
-    "MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape, Transpose, Concat, Pad, Constant, "
-    "Identity, Dropout"
+    "Gemm, MatMul (by a constant), Add, Sub, Mul, Div, Conv (1-D, 2-D, grouped), BatchNormalization, "
+    "MaxPool, AveragePool (1-D, 2-D), GlobalAveragePool, GlobalMaxPool, ReduceMean, Flatten, Reshape, "
+    "Squeeze, Unsqueeze, Transpose, Concat, Pad, Constant, Identity, Dropout, Softmax/LogSoftmax "
+    f"(output), {', '.join(ACTIVATION_OPS)}, and the SiLU/Mish/GELU/Softsign patterns"
 )
 F64 = torch.float64
 
@@ -82,12 +83,13 @@ def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
         ops = b.finish(g.output[0].name)
     except (KeyError, ValueError) as e:
         raise UnsupportedModelError(f"{path}: the output does not depend on the input ({e})") from None
-    return GraphModel(ops, tuple(input_shape), source=str(path))
+    return GraphModel(ops, tuple(input_shape), source=str(path), output_transform=b.output_transform)
 
 
-class _Reader:
+class _Reader(MoreOps):
     def __init__(self, b: GraphBuilder, consts: dict, shapes: dict, path: str) -> None:
         self.b, self.consts, self.shapes, self.path = b, consts, shapes, path
+        self.producers: dict = {}  # computed value -> the node that made it (for patterns)
 
     def convert(self, node, pos: int, n: int) -> None:
         from onnx import helper
@@ -106,7 +108,7 @@ class _Reader:
                 else np.array(attrs.get("value_float", attrs.get("value_int", 0)))
             )
             return
-        computed = [i for i in ins if i and self.b.has(i)]
+        computed = [i for i in ins if i and (self.b.has(i) or i in self.producers)]
         if op_type == "Shape" and computed:
             self.consts[out] = np.array(self.shapes[ins[0]], dtype=np.int64)
             return
@@ -114,6 +116,7 @@ class _Reader:
             self._fold(node, where)
             return
         x = computed[0]
+        self.producers[out] = node
         try:
             handler = getattr(self, f"_{op_type.lower()}")
         except AttributeError:
@@ -124,11 +127,27 @@ class _Reader:
             raise
         except (ValueError, KeyError, IndexError) as e:
             raise UnsupportedModelError(f"{where}: {e}") from None
+        if op == "defer":  # recorded elsewhere (a final softmax) or matched by a consumer
+            return
         if op is None:
             self.b.alias(out, x)
             self.shapes[out] = self.shapes[x]
             return
-        op, srcs = op if isinstance(op, tuple) else (op, [x])
+        chain = op if isinstance(op, list) else [op]
+        for k, step in enumerate(chain):
+            step, srcs = step if isinstance(step, tuple) else (step, [x])
+            name = out if k == len(chain) - 1 else f"{out}#{k}"
+            self._emit(step, srcs, name, where)
+            x = name
+
+    def _emit(self, op, srcs: list[str], out: str, where: str) -> None:
+        """Add ``op`` reading ``srcs`` as value ``out``, recording its shapes (zeros forward)."""
+        for s in srcs:
+            if not self.b.has(s):
+                kind = self.producers[s].op_type if s in self.producers else "?"
+                raise UnsupportedModelError(
+                    f"{where} reads '{s}' ({kind}), which is supported only as a pattern"
+                )
         self.b.add(op, srcs, out)
         with torch.no_grad():
             zs = [torch.zeros(self.shapes[s], dtype=F64) for s in srcs]
@@ -176,18 +195,6 @@ class _Reader:
 
     _dropout = _identity
 
-    def _relu(self, node, attrs, ins, where):
-        return Activation(node.name, "Relu", PiecewiseLinear(0.0))
-
-    def _leakyrelu(self, node, attrs, ins, where):
-        return Activation(node.name, "LeakyRelu", PiecewiseLinear(attrs.get("alpha", 0.01)))
-
-    def _sigmoid(self, node, attrs, ins, where):
-        return Activation(node.name, "Sigmoid", Sigmoid())
-
-    def _tanh(self, node, attrs, ins, where):
-        return Activation(node.name, "Tanh", Tanh())
-
     def _gemm(self, node, attrs, ins, where):
         if attrs.get("transA", 0):
             raise UnsupportedModelError(f"{where}: transA=1 is not supported")
@@ -199,12 +206,16 @@ class _Reader:
         return LinearOp(node.name, "Gemm", w.contiguous(), bias)
 
     def _matmul(self, node, attrs, ins, where):
-        if len(self.shapes[ins[0]]) != 2:
-            raise UnsupportedModelError(f"{where}: MatMul of a {len(self.shapes[ins[0]])}-D tensor")
+        if self._const(ins[1], where).dim() != 2:
+            raise UnsupportedModelError(
+                f"{where}: MatMul by a constant of {self._const(ins[1], where).dim()} axes"
+            )
         return LinearOp(node.name, "MatMul", self._const(ins[1], where).T.contiguous(), None)
 
     def _conv(self, node, attrs, ins, where):
         w = self._const(ins[1], where)
+        if w.dim() == 3:
+            return self._conv1d(node, attrs, ins, where)
         if w.dim() != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise UnsupportedModelError(f"{where}: only 2-D convolutions with explicit pads are supported")
         bias = self._const(ins[2], where) if len(ins) > 2 and ins[2] else None
@@ -231,9 +242,13 @@ class _Reader:
     def _maxpool(self, node, attrs, ins, where):
         if len(node.output) > 1 and node.output[1]:
             raise UnsupportedModelError(f"{where}: the Indices output is not supported")
+        if len(attrs["kernel_shape"]) == 1:
+            return self._pool1d(node, attrs, ins, where)
         return Activation(node.name, "MaxPool", MaxPool2d(*self._pool_args(attrs, where)))
 
     def _averagepool(self, node, attrs, ins, where):
+        if len(attrs["kernel_shape"]) == 1:
+            return self._pool1d(node, attrs, ins, where)
         k, s, p = self._pool_args(attrs, where)
         if any(p) and not attrs.get("count_include_pad", 0):
             raise UnsupportedModelError(f"{where}: padding without count_include_pad is not a fixed average")
@@ -291,7 +306,7 @@ class _Reader:
         a, c = ins
         if self.b.has(a) and self.b.has(c):
             if kind in ("Mul", "Div"):
-                raise UnsupportedModelError(f"{where}: {kind} of two computed tensors is not supported")
+                return self._computed_product(node, ins, where)
             if self.shapes[a] != self.shapes[c]:
                 raise UnsupportedModelError(
                     f"{where}: {kind} of shapes {self.shapes[a]} and {self.shapes[c]}"

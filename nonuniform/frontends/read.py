@@ -6,16 +6,21 @@ from torch import nn
 
 from ..ir.graph_model import GraphModel
 from ..ir.network import Network
+from .layers import UnknownLayer
 from .sequential import read_sequential
 
 
 def to_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
-    """A :class:`GraphModel` (ONNX) gives its own graph, an ``nn.Sequential`` is read as a chain,
-    any other module is traced with ``torch.fx``."""
+    """A :class:`GraphModel` (ONNX) gives its own graph, an ``nn.Sequential`` of known layers is
+    read as a chain, any other module (or a Sequential with a custom child) is traced with
+    ``torch.fx``."""
     if isinstance(model, GraphModel):
         return model.network(input_shape, dtype, device)
     if isinstance(model, nn.Sequential):
-        return read_sequential(model, input_shape, dtype, device)
+        try:
+            return read_sequential(model, input_shape, dtype, device)
+        except UnknownLayer:
+            pass  # a custom child module: trace the whole model
     from .fx_trace import trace_network
 
     return trace_network(model, input_shape, dtype, device)

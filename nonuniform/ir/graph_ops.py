@@ -102,6 +102,66 @@ class ReshapeOp(AffineOp):
         return lam.reshape(*lam.shape[:2], *self.in_shape)
 
 
+class UnsqueezeOp(AffineOp):
+    """A new axis of size one at per-sample position ``axis`` (``x.unsqueeze(axis + 1)``)."""
+
+    mixing = False
+
+    def __init__(self, name: str, kind: str, axis: int) -> None:
+        super().__init__(name, kind)
+        self.axis = int(axis)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(self.axis + 1)
+
+    forward_abs = forward
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam.squeeze(self.axis + 2)
+
+
+class SqueezeOp(AffineOp):
+    """Removes the per-sample axis ``axis`` of size one."""
+
+    mixing = False
+
+    def __init__(self, name: str, kind: str, axis: int) -> None:
+        super().__init__(name, kind)
+        self.axis = int(axis)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[self.axis + 1] != 1:
+            raise RuntimeError(f"axis {self.axis} has size {x.shape[self.axis + 1]}, not 1")
+        return x.squeeze(self.axis + 1)
+
+    forward_abs = forward
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam.unsqueeze(self.axis + 2)
+
+
+class MeanOp(AffineOp):
+    """The mean over per-sample ``axes`` (``x.mean(dims)``; global average pooling, token means)."""
+
+    def __init__(self, name: str, kind: str, axes: tuple[int, ...], keepdim: bool = False) -> None:
+        super().__init__(name, kind)
+        self.axes, self.keepdim = tuple(sorted(int(a) for a in axes)), bool(keepdim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim)
+
+    forward_abs = forward
+
+    def backward(self, lam: Tensor) -> Tensor:
+        n = 1
+        for a in self.axes:
+            n *= self.in_shape[a]
+        if not self.keepdim:
+            for a in self.axes:
+                lam = lam.unsqueeze(a + 2)
+        return (lam / n).expand(*lam.shape[:2], *self.in_shape)
+
+
 class PermuteOp(AffineOp):
     """A layout change (ONNX Transpose) that keeps the batch axis first."""
 
@@ -154,4 +214,14 @@ class PadOp(AffineOp):
         return self.value * (lam.flatten(2).sum(-1) - self.backward(lam).flatten(2).sum(-1))
 
 
-__all__ = ["AddOp", "ConcatOp", "ScaleShiftOp", "ReshapeOp", "PermuteOp", "PadOp"]
+__all__ = [
+    "AddOp",
+    "ConcatOp",
+    "MeanOp",
+    "PadOp",
+    "PermuteOp",
+    "ReshapeOp",
+    "ScaleShiftOp",
+    "SqueezeOp",
+    "UnsqueezeOp",
+]

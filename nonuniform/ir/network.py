@@ -32,7 +32,9 @@ from .ops import (
 )
 
 __all__ = [
+    "OUTPUT_TRANSFORMS",
     "Activation",
+    "apply_output_transform",
     "AffineOp",
     "ChannelAffineOp",
     "ConvOp",
@@ -44,6 +46,22 @@ __all__ = [
 ]
 
 
+#: Final transforms of the logits that a front end may strip, and why that is exact for margins:
+#: log_softmax(z) = z - logsumexp(z) * 1 leaves every specification row that sums to zero
+#: unchanged (c . 1 = 0), so the bounds of such rows are the same numbers; softmax is strictly
+#: increasing in each z_c - z_j, so the *sign* of every pairwise margin p_c - p_j is that of
+#: z_c - z_j, which is all a robustness certificate states. Any other specification is refused.
+OUTPUT_TRANSFORMS = (None, "softmax", "log_softmax")
+
+
+def apply_output_transform(kind: str | None, logits: Tensor) -> Tensor:
+    if kind == "softmax":
+        return torch.softmax(logits, dim=1)
+    if kind == "log_softmax":
+        return torch.log_softmax(logits, dim=1)
+    return logits
+
+
 class Network:
     """A model as ops in topological order, with shapes recorded for one input shape.
 
@@ -52,13 +70,25 @@ class Network:
     whose ``inputs`` are set (every front end builds it that way).
     """
 
+    #: A final softmax / log_softmax over the classes the front end stripped (see
+    #: :data:`OUTPUT_TRANSFORMS`); the ops compute the logits before it.
+    output_transform: str | None = None
+
     @classmethod
     def from_ops(
-        cls, ops: list[Op], input_shape: tuple[int, ...], dtype=torch.float32, device="cpu"
+        cls,
+        ops: list[Op],
+        input_shape: tuple[int, ...],
+        dtype=torch.float32,
+        device="cpu",
+        output_transform: str | None = None,
     ) -> Network:
         """A network from ops already in topological order with ``inputs`` set (front ends)."""
+        if output_transform not in OUTPUT_TRANSFORMS:
+            raise ValueError(f"unknown output transform {output_transform!r}")
         net = cls.__new__(cls)
         net._setup([op.to(dtype, device) for op in ops], input_shape, dtype, device)
+        net.output_transform = output_transform
         return net
 
     def _setup(self, ops: list[Op], input_shape: tuple[int, ...], dtype, device) -> None:

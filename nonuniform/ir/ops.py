@@ -77,6 +77,8 @@ class AffineOp(Op):
 
 
 class LinearOp(AffineOp):
+    """``x @ W.T + b`` on the last axis (any leading per-sample axes: tokens, time steps)."""
+
     def __init__(self, name: str, kind: str, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__(name, kind)
         self.weight, self.bias = weight, bias
@@ -91,7 +93,10 @@ class LinearOp(AffineOp):
         return lam @ self.weight
 
     def bias_term(self, lam: Tensor) -> Tensor | None:
-        return None if self.bias is None else lam @ self.bias
+        if self.bias is None:
+            return None
+        out = lam @ self.bias  # (batch, specs, *leading axes): a linear map on the last axis
+        return out.flatten(2).sum(-1) if out.dim() > 2 else out
 
 
 class ConvOp(AffineOp):

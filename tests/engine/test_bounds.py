@@ -258,10 +258,28 @@ class Custom(nn.Module):
         return x * 2
 
 
-def test_unsupported_layer_names_path_and_type():
-    model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), Custom()), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedModelError, match=r"layer '1\.1' \(Custom\).*Supported"):
-        compute_bounds(model, torch.zeros(1, 4), torch.ones(1, 4))
+class Cumulative(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)
+
+
+def test_custom_children_are_traced_and_unsupported_ones_named():
+    """A custom module inside a Sequential is traced (the whole model); what it cannot read is
+    refused naming the node, with the list of what is supported."""
+    model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), Custom()), nn.Linear(4, 2)).eval()
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        plain[1].weight.copy_(2 * model[1][0].weight)
+        plain[1].bias.copy_(2 * model[1][0].bias)
+        plain[2].load_state_dict(model[2].state_dict())
+    lo, hi = torch.zeros(1, 4), torch.ones(1, 4)
+    assert torch.allclose(compute_bounds(model, lo, hi)[0], compute_bounds(plain, lo, hi)[0], atol=1e-5)
+    bad = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 4), Cumulative()), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedModelError, match=r"node 'cumsum' \(call_function cumsum.*Supported"):
+        compute_bounds(bad, lo, hi)
+
+
+def test_unsupported_layer_settings_are_named():
     with pytest.raises(UnsupportedModelError, match="MaxPool2d.*dilation"):
         compute_bounds(
             nn.Sequential(nn.MaxPool2d(2, dilation=2), nn.Flatten()),
