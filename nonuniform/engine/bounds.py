@@ -33,7 +33,9 @@ from torch import Tensor, nn
 
 from ..frontends.read import to_network
 from ..ir.network import AffineOp, Network, UnsupportedModelError
-from ..relax.activations import LinearRelaxation
+from ..ir.ops import ProductOp
+from ..relax.activations import TINY_WIDTH, LinearRelaxation
+from ..relax.product import product_interval, relax_product
 from .alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
 from .interval import clip_split, concretise
 from .methods import METHODS, Method
@@ -135,6 +137,28 @@ class BoundedModel:
                 box[i] = all(box[k] for k in op.inputs) and not op.mixing
                 exact[i] = all(box[k] for k in op.inputs) and (not op.mixing or len(op.inputs) == 1)
                 continue
+            if isinstance(op, ProductOp):
+                ins = []
+                for k in op.inputs:
+                    l, u = iv[k] if reuse is None else reuse.intervals[k]
+                    if (
+                        method != "ibp"
+                        and not exact[k]
+                        and k not in tightened
+                        and isinstance(ops[k], AffineOp)
+                    ):
+                        need = ((u - l) > TINY_WIDTH).reshape(l.shape[0], -1)
+                        l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, 0, None, src=k, need=need)
+                        iv[k] = (l, u)
+                        tightened.add(k)
+                    ins.append((l, u))
+                (lx, ux), (ly, uy) = ins
+                pre[i] = (lx, ux)
+                if method != "ibp":
+                    relax[i] = relax_product(lx, ux, ly, uy, mode)  # type: ignore[assignment]
+                iv[i] = product_interval(lx, ux, ly, uy)
+                box[i] = exact[i] = False
+                continue
             src = op.inputs[0]
             l, u = iv[src]
             if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
@@ -196,8 +220,8 @@ class BoundedModel:
             elif j in relax:
                 lam_in, term = relax[j].backward(pending.pop(j))
                 bias = bias + term
-                k = op.inputs[0]
-                pending[k] = pending[k] + lam_in if k in pending else lam_in
+                for k, lam_k in zip(op.inputs, lam_in if isinstance(lam_in, list) else [lam_in]):
+                    pending[k] = pending[k] + lam_k if k in pending else lam_k
             else:
                 bias = bias + concretise(pending.pop(j), *iv[j])
         if -1 in pending:

@@ -38,7 +38,8 @@ def one_sided(bm, i: int) -> bool:
     whole interval: relaxation and output interval ignore the lower bound) that is the only
     consumer of its input (no other op reads the interval)."""
     op = bm.net.ops[i]
-    if not isinstance(op.relaxation, PiecewiseLinear) or op.relaxation.negative_slope != 0.0:
+    relaxation = getattr(op, "relaxation", None)
+    if not isinstance(relaxation, PiecewiseLinear) or relaxation.negative_slope != 0.0:
         return False
     src = op.inputs[0]
     return sum(src in other.inputs for other in bm.net.ops) == 1
@@ -65,6 +66,8 @@ def tighten(
     pre: dict[int, tuple[Tensor, Tensor]],
     patch_elems: int,
     slopes: Slopes | None = None,
+    src: int | None = None,
+    need: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CROWN bounds for the neurons at the input of nonlinear op ``ops[i]`` that need them,
     intersected with the interval ``(l, u)``.
@@ -73,16 +76,18 @@ def tighten(
     the upper bound stayed positive (the same result: a ReLU with ``u <= 0`` is zero whatever
     ``l`` is). At mnist-cnn-small's certified boxes about half the neurons IBP calls unstable are
     inactive by CROWN, so this saves a quarter of the rows or more. Other ops get both bounds in
-    one round.
+    one round. ``src`` and ``need`` (a two-input op's second input, and which of its neurons need
+    bounds) default to the op's first input and its relaxation's ``needs_bounds``.
     """
     op = bm.net.ops[i]
     b = l.shape[0]
-    need = op.relaxation.needs_bounds(l, u).reshape(b, -1)
+    src = op.inputs[0] if src is None else src
+    need = op.relaxation.needs_bounds(l, u).reshape(b, -1) if need is None else need
     if not bool(need.any()):
         return l, u
-    rows = _Rows(bm, i, need, relax, lower, upper, iv, pre, patch_elems, slopes)
+    rows = _Rows(bm, i, src, need, relax, lower, upper, iv, pre, patch_elems, slopes)
     lf, uf = l.reshape(b, -1), u.reshape(b, -1)
-    if not one_sided(bm, i):  # both bounds of every needed neuron, in one round
+    if src != op.inputs[0] or not one_sided(bm, i):  # both bounds of every needed neuron, in one round
         order, valid = _order(need)
         k = order.shape[1]
         upper_half = torch.arange(2 * k, device=l.device).expand(b, -1) >= k
@@ -101,8 +106,8 @@ def tighten(
 class _Rows:
     """Lower bounds of signed neurons ``+-z[n]`` at the input of ``ops[i]`` by backward rows."""
 
-    def __init__(self, bm, i, need, relax, lower, upper, iv, pre, patch_elems, slopes) -> None:
-        self.bm, self.src, self.need, self.relax = bm, bm.net.ops[i].inputs[0], need, relax
+    def __init__(self, bm, i, src, need, relax, lower, upper, iv, pre, patch_elems, slopes) -> None:
+        self.bm, self.src, self.need, self.relax = bm, src, need, relax
         self.lower, self.upper, self.iv, self.pre, self.patch_elems = lower, upper, iv, pre, patch_elems
         self.table = None if slopes is None else slopes.inter.get(i)
         self.prefix: tuple | None = None

@@ -14,8 +14,9 @@ from torch import Tensor, fx
 
 from ..ir.graph_model import GraphBuilder
 from ..ir.graph_ops import ConcatOp, MeanOp, PermuteOp, ReshapeOp
-from ..ir.ops import Activation, ConvOp, LinearOp, UnsupportedModelError
+from ..ir.ops import Activation, ConvOp, LinearOp, ProductOp, UnsupportedModelError
 from ..relax.pooling import MaxPool2d
+from .layers import layer_norm_graph
 
 LAYOUT_CALLS = (
     "flatten/view/reshape/squeeze/unsqueeze (any spelling), permute/transpose, contiguous, "
@@ -64,6 +65,30 @@ def _per_sample_dim(d: int, ndim: int, where: str) -> int:
     if d == 0:
         raise UnsupportedModelError(f"{where} works along the batch axis")
     return d - 1
+
+
+def add_graph(b: GraphBuilder, steps: list, src: str, name: str) -> None:
+    """Add ``(op, inputs)`` steps (inputs: positions in ``steps``, -1 = ``src``); the last is
+    the value ``name``."""
+    names = []
+    for k, (op, inputs) in enumerate(steps):
+        out = name if k == len(steps) - 1 else f"{name}.{k}"
+        b.add(op, [src if j < 0 else names[j] for j in inputs], out)
+        names.append(out)
+
+
+def product(b: GraphBuilder, node: fx.Node, a0: fx.Node, a1: fx.Node, where: str) -> None:
+    """``a0 * a1`` of two computed tensors: the one with the output's shape comes first."""
+    out = shape(node)
+    if shape(a0) == out:
+        x, y = a0, a1
+    elif shape(a1) == out:
+        x, y = a1, a0
+    else:
+        raise UnsupportedModelError(f"{where}: a product where neither factor has the result's shape {out}")
+    if shape(y)[0] != out[0]:
+        raise UnsupportedModelError(f"{where}: a product that broadcasts over the batch")
+    b.add(ProductOp(node.name, "mul"), [x.name, y.name], node.name)
 
 
 def convert_call(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, where: str) -> bool:
@@ -132,6 +157,14 @@ def convert_call(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, where: str)
         bias = None if bias is None else bias.double()
         op = ConvOp(name, "conv2d", w.double(), bias, stride, padding, dilation, groups)
         b.add(op, [x.name], name)
+    elif t is F.layer_norm:
+        ndim = len(tuple(_arg(node, 1, "normalized_shape")))
+        w, bias = constant(gm, _arg(node, 2, "weight")), constant(gm, _arg(node, 3, "bias"))
+        eps = float(_arg(node, 4, "eps", 1e-5))
+        to64 = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        add_graph(
+            b, layer_norm_graph(name, ndim, to64(w), to64(bias), eps, torch.float64, "cpu"), x.name, name
+        )
     elif t in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         b.add(pool(t, node, where), [x.name], name)
     else:
@@ -171,4 +204,4 @@ def pool(t, node: fx.Node, where: str):
     return ConvOp(node.name, "avg_pool2d", weight, None, s, p, (1, 1), c)
 
 
-__all__ = ["LAYOUT_CALLS", "constant", "convert_call", "pool", "shape"]
+__all__ = ["LAYOUT_CALLS", "add_graph", "constant", "convert_call", "pool", "product", "shape"]

@@ -25,8 +25,8 @@ from ..ir.graph_ops import AddOp, ScaleShiftOp
 from ..ir.network import Activation, Network, UnsupportedModelError
 from ..modules import Normalize
 from .activations import call_relaxation
-from .fx_calls import LAYOUT_CALLS, constant, convert_call, pool, shape
-from .layers import convert_layer
+from .fx_calls import LAYOUT_CALLS, add_graph, constant, convert_call, pool, product, shape
+from .layers import convert_layer, layer_norm_graph
 
 SUPPORTED_FX = (
     "the layers of nn.Sequential models (Linear, Conv1d/2d, BatchNorm, pooling, the activations of "
@@ -128,6 +128,13 @@ def _convert_node(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, pos: int, 
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             fn = F.adaptive_avg_pool2d if isinstance(m, nn.AdaptiveAvgPool2d) else F.adaptive_max_pool2d
             b.add(pool(fn, node, where), [src], name)
+        elif isinstance(m, nn.LayerNorm):
+            w = None if m.weight is None else m.weight.detach().double()
+            bias = None if m.bias is None else m.bias.detach().double()
+            steps = layer_norm_graph(
+                str(node.target), len(m.normalized_shape), w, bias, m.eps, torch.float64, "cpu"
+            )
+            add_graph(b, steps, src, name)
         elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             if len(shape(node)) != 2 or m.dim not in (1, -1):
                 raise UnsupportedModelError(
@@ -173,8 +180,11 @@ def _arith(gm: fx.GraphModule, b: GraphBuilder, node: fx.Node, t, where: str) ->
     sample_shape = shape(node)[1:]
     name = node.name
     if all(computed):
-        if t in _MUL | _DIV:
-            raise UnsupportedModelError(f"{where}: the product of two computed tensors is not supported")
+        if t in _MUL:
+            product(b, node, a0, a1, where)
+            return
+        if t in _DIV:
+            raise UnsupportedModelError(f"{where}: division by a computed tensor is not supported")
         if shape(a0) != shape(a1):
             raise UnsupportedModelError(f"{where}: adds tensors of shapes {shape(a0)} and {shape(a1)}")
         b.add(

@@ -7,9 +7,19 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ir.graph_ops import SqueezeOp, UnsqueezeOp
-from ..ir.ops import Activation, ChannelAffineOp, ConvOp, FlattenOp, LinearOp, Op, UnsupportedModelError
+from ..ir.graph_ops import CenterOp, MeanOp, ScaleShiftOp, SqueezeOp, UnsqueezeOp
+from ..ir.ops import (
+    Activation,
+    ChannelAffineOp,
+    ConvOp,
+    FlattenOp,
+    LinearOp,
+    Op,
+    ProductOp,
+    UnsupportedModelError,
+)
 from ..modules import RECURRENT, Normalize
+from ..relax.functions import Power, Square
 from ..relax.pooling import MaxPool2d
 from .activations import module_relaxation
 
@@ -179,6 +189,29 @@ def _as_2d(name: str, m: nn.Module, dtype, device) -> Op:
     op = ConvOp(name, kind, torch.empty(0), None, (1, s), (0, p), (1, 1), 0)
     op.pool_kernel = (1, k)  # type: ignore[attr-defined]
     return op
+
+
+def layer_norm_graph(
+    name: str, ndim: int, weight: Tensor | None, bias: Tensor | None, eps: float, dtype, device
+) -> list[tuple[Op, list[int]]]:
+    """LayerNorm over the last ``ndim`` axes as a small graph, each step with its own relaxation:
+    centring (exact), square, mean, ``(v + eps)^-1/2``, the product of the centred input and that
+    scale (McCormick), then the elementwise affine map. Returns ``(op, inputs)`` with inputs as
+    positions in this list (-1: the layer's input)."""
+    axes = tuple(range(-ndim, 0))
+    steps: list[tuple[Op, list[int]]] = [
+        (CenterOp(f"{name}.center", "LayerNorm", axes), [-1]),
+        (Activation(f"{name}.square", "LayerNorm", Square()), [0]),
+        (MeanOp(f"{name}.variance", "LayerNorm", axes, keepdim=True), [1]),
+        (Activation(f"{name}.rsqrt", "LayerNorm", Power(-0.5, eps)), [2]),
+        (ProductOp(f"{name}.scale", "LayerNorm"), [0, 3]),
+    ]
+    if weight is not None or bias is not None:
+        affine = ScaleShiftOp(
+            f"{name}.affine", "LayerNorm", _to(weight, dtype, device), _to(bias, dtype, device)
+        )
+        steps.append((affine, [4]))
+    return steps
 
 
 def global_avg_pool(name: str, kind: str, channels: int, kernel: tuple[int, int], dtype, device) -> ConvOp:

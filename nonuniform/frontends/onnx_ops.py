@@ -15,11 +15,12 @@ import math
 import numpy as np
 import torch
 
-from ..ir.graph_ops import MeanOp, ReshapeOp, ScaleShiftOp, SqueezeOp, UnsqueezeOp
-from ..ir.ops import Activation, ConvOp, UnsupportedModelError
-from ..relax.functions import GELU, Mish, SiLU, Softplus, Softsign
+from ..ir.graph_ops import CenterOp, MeanOp, ReshapeOp, ScaleShiftOp, SqueezeOp, UnsqueezeOp
+from ..ir.ops import Activation, ConvOp, ProductOp, UnsupportedModelError
+from ..relax.functions import GELU, Mish, Power, SiLU, Softplus, Softsign, Square
 from ..relax.pooling import MaxPool2d
 from .activations import onnx_relaxation
+from .layers import layer_norm_graph
 
 ACTIVATION_OPS = (
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "Gelu", "Mish", "Elu", "Selu", "Celu",
@@ -79,16 +80,72 @@ class MoreOps:
 
     def _computed_product(self, node, ins, where):
         found = self._pattern(node, ins)
+        if found is None and node.op_type == "Mul":
+            return self._product(node, ins, where)
+        if found is None and (sqrt := self._producer(ins[1], "Sqrt")):  # x / sqrt(v): LayerNorm
+            rsqrt = Activation(f"{node.name}.rsqrt", "Sqrt", Power(-0.5))
+            out = node.output[0]
+            return [(rsqrt, [sqrt.input[0]]), self._product(node, [ins[0], f"{out}#0"], where)]
         if found is None:
             raise UnsupportedModelError(
-                f"{where}: {node.op_type} of two computed tensors is not supported (only the "
-                "activation patterns x*sigmoid(x), x*tanh(softplus(x)), GELU's erf form, softsign)"
+                f"{where}: division by a computed tensor is supported only as x / Sqrt(v) (LayerNorm) "
+                "and in the activation patterns x / (|x| + 1)"
             )
         act, x, scale = found
         op = Activation(node.name, type(act).__name__, act)
         if scale == 1.0:
             return op, [x]
         return [(op, [x]), ScaleShiftOp(f"{node.name}.scale", "Mul", torch.tensor(scale, dtype=F64), None)]
+
+    def _product(self, node, ins, where):
+        """``x * y`` of computed tensors (the one with the result's shape first)."""
+        a, c = ins
+        sa, sc = self._shape_of(a), self._shape_of(c)
+        out = tuple(np.broadcast_shapes(sa, sc))
+        if sa == out:
+            return ProductOp(node.name, "Mul"), [a, c]
+        if sc == out:
+            return ProductOp(node.name, "Mul"), [c, a]
+        raise UnsupportedModelError(f"{where}: a product where neither factor has the result's shape {out}")
+
+    def _shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self.shapes[name]) if name in self.shapes else ()
+
+    def _centre(self, node, ins, where):
+        """``x - ReduceMean(x, axes, keepdims=1)``: LayerNorm's centring (exact, one op)."""
+        a, c = ins
+        mean = self._producer(c, "ReduceMean")
+        if mean is None or mean.input[0] != a:
+            return None
+        from onnx import helper
+
+        attrs = {k.name: helper.get_attribute_value(k) for k in mean.attribute}
+        axes = self._per_sample(self._axes(attrs, list(mean.input), where), len(self.shapes[a]), where)
+        return CenterOp(node.name, "Sub", tuple(axes)), [a]
+
+    def _pow(self, node, attrs, ins, where):
+        e = self._const(ins[1], where).reshape(-1)
+        if e.numel() != 1 or float(e[0]) not in (2.0, 0.5, -0.5):
+            raise UnsupportedModelError(f"{where}: Pow is supported with exponents 2, 0.5 and -0.5")
+        k = float(e[0])
+        return Activation(node.name, "Pow", Square() if k == 2.0 else Power(k))
+
+    def _sqrt(self, node, attrs, ins, where):
+        return Activation(node.name, "Sqrt", Power(0.5))
+
+    def _layernormalization(self, node, attrs, ins, where):
+        shape = self.shapes[ins[0]]
+        axis = attrs.get("axis", -1) % len(shape)
+        if axis == 0:
+            raise UnsupportedModelError(f"{where}: LayerNormalization over the batch axis")
+        weight = self._const(ins[1], where) if len(ins) > 1 and ins[1] else None
+        bias = self._const(ins[2], where) if len(ins) > 2 and ins[2] else None
+        steps = layer_norm_graph(
+            node.name, len(shape) - axis, weight, bias, attrs.get("epsilon", 1e-5), F64, "cpu"
+        )
+        out = node.output[0]
+        names = [ins[0]] + [f"{out}#{k}" for k in range(len(steps))]
+        return [(op, [names[j + 1] for j in inputs]) for op, inputs in steps]
 
     # -- layout and reductions -----------------------------------------------------------
     def _axes(self, attrs, ins, where) -> list[int]:

@@ -307,6 +307,12 @@ class _Reader(MoreOps):
         if self.b.has(a) and self.b.has(c):
             if kind in ("Mul", "Div"):
                 return self._computed_product(node, ins, where)
+            if (
+                self.shapes[a] != self.shapes[c]
+                and kind == "Sub"
+                and (centred := self._centre(node, ins, where))
+            ):
+                return centred
             if self.shapes[a] != self.shapes[c]:
                 raise UnsupportedModelError(
                     f"{where}: {kind} of shapes {self.shapes[a]} and {self.shapes[c]}"

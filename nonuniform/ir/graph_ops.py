@@ -141,25 +141,56 @@ class SqueezeOp(AffineOp):
 
 
 class MeanOp(AffineOp):
-    """The mean over per-sample ``axes`` (``x.mean(dims)``; global average pooling, token means)."""
+    """The mean over per-sample ``axes`` (``x.mean(dims)``; global average pooling, token means,
+    LayerNorm's statistics). Negative axes count from the end."""
 
     def __init__(self, name: str, kind: str, axes: tuple[int, ...], keepdim: bool = False) -> None:
         super().__init__(name, kind)
-        self.axes, self.keepdim = tuple(sorted(int(a) for a in axes)), bool(keepdim)
+        self.axes, self.keepdim = tuple(int(a) for a in axes), bool(keepdim)
+
+    def _axes(self, ndim: int) -> tuple[int, ...]:
+        return tuple(sorted(a % ndim for a in self.axes))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim)
+        return x.mean(dim=tuple(a + 1 for a in self._axes(x.dim() - 1)), keepdim=self.keepdim)
 
     forward_abs = forward
 
     def backward(self, lam: Tensor) -> Tensor:
+        axes = self._axes(len(self.in_shape))
         n = 1
-        for a in self.axes:
+        for a in axes:
             n *= self.in_shape[a]
         if not self.keepdim:
-            for a in self.axes:
+            for a in axes:
                 lam = lam.unsqueeze(a + 2)
         return (lam / n).expand(*lam.shape[:2], *self.in_shape)
+
+
+class CenterOp(AffineOp):
+    """``x - x.mean(axes)`` over per-sample ``axes`` (LayerNorm's centring; negative axes count from
+    the end): a symmetric projection, so its transpose is itself."""
+
+    def __init__(self, name: str, kind: str, axes: tuple[int, ...]) -> None:
+        super().__init__(name, kind)
+        self.axes = tuple(int(a) for a in axes)
+
+    def _dims(self, t: Tensor, lead: int) -> tuple[int, ...]:
+        return tuple(a % (t.dim() - lead) + lead for a in self.axes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - x.mean(dim=self._dims(x, 1), keepdim=True)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        # |I - J/n| r = (1 - 2/n) r + (sum r) / n over the centred axes
+        dims = self._dims(r, 1)
+        n = 1
+        for d in dims:
+            n *= r.shape[d]
+        return (1 - 2 / n) * r + r.sum(dim=dims, keepdim=True) / n if n > 1 else torch.zeros_like(r)
+
+    def backward(self, lam: Tensor) -> Tensor:
+        return lam - lam.mean(dim=self._dims(lam, 2), keepdim=True)
 
 
 class PermuteOp(AffineOp):
@@ -216,6 +247,7 @@ class PadOp(AffineOp):
 
 __all__ = [
     "AddOp",
+    "CenterOp",
     "ConcatOp",
     "MeanOp",
     "PadOp",

@@ -209,3 +209,12 @@ class Activation(Op):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.relaxation.f(x)
+
+
+class ProductOp(Op):
+    """``x * y`` of two computed tensors (inputs ``[x, y]``; ``y`` broadcasts over ``x``'s shape,
+    which is the output's): LayerNorm's per-sample scale, gating. Relaxed by McCormick planes
+    (:mod:`~nonuniform.relax.product`)."""
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x * y

@@ -226,6 +226,43 @@ class Erf(ScalarActivation):
         return 2.0 / math.sqrt(math.pi) * torch.exp(-z * z)
 
 
+class Square(ScalarActivation):
+    """``x^2`` (LayerNorm's variance, ONNX ``Pow(x, 2)``): convex, f' = 2x monotone."""
+
+    def f(self, z: Tensor) -> Tensor:
+        return z * z
+
+    def df(self, z: Tensor) -> Tensor:
+        return 2 * z
+
+
+class Power(ScalarActivation):
+    """``(z + shift) ** power`` for z + shift > 0 (``power`` -0.5: 1/sqrt; 0.5: sqrt), f'
+    monotone there. Only reached on non-negative arguments (a variance plus epsilon): bounds
+    below ``-shift`` are raised to it, which is sound because no input takes such values."""
+
+    monotone = False
+
+    def __init__(self, power: float, shift: float = 0.0) -> None:
+        self.power, self.shift = float(power), float(shift)
+        self.monotone = power > 0  # type: ignore[misc]
+
+    def _arg(self, z: Tensor) -> Tensor:
+        return (z + self.shift).clamp(min=torch.finfo(z.dtype).tiny)
+
+    def f(self, z: Tensor) -> Tensor:
+        return self._arg(z) ** self.power
+
+    def df(self, z: Tensor) -> Tensor:
+        return self.power * self._arg(z) ** (self.power - 1)
+
+    def interval(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        return super().interval(l.clamp(min=-self.shift), u.clamp(min=-self.shift))
+
+    def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None):
+        return super().relax(l.clamp(min=-self.shift), u.clamp(min=-self.shift), mode)
+
+
 class Softsign(ScalarActivation):
     """``x / (1 + |x|)``: f' = 1 / (1 + |x|)^2 rises to 0 and falls after."""
 
@@ -241,6 +278,8 @@ class Softsign(ScalarActivation):
 
 __all__ = [
     "ELU",
+    "Power",
+    "Square",
     "Erf",
     "GELU",
     "Hardswish",

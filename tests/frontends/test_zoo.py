@@ -139,7 +139,22 @@ def test_a_softmax_inside_the_network_is_refused_naming_it():
         BoundedModel(Inner(), (4,))
 
 
-def test_layernorm_is_refused_before_any_work_with_the_layer_named():
-    """LayerNorm (a product of computed tensors) has no relaxation yet: one clear line."""
-    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
-        BoundedModel(layernorm_mlp().eval(), (1, 8, 8))
+def test_groupnorm_is_refused_before_any_work_with_the_layer_named():
+    """GroupNorm has no decomposition yet: one clear line naming it."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    with pytest.raises(UnsupportedModelError, match=r"layer '1' \(GroupNorm\)"):
+        BoundedModel(model, (1, 8, 8))
+
+
+def test_layernorm_bounds_are_tighter_than_intervals_and_exact_on_points():
+    """The LayerNorm decomposition is sound (the zoo test) and useful: CROWN beats IBP, and a
+    point box gives the model's output."""
+    model = layernorm_mlp().eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    lb_i, ub_i = compute_bounds(model, x - 0.01, x + 0.01, method="ibp")
+    lb_c, ub_c = compute_bounds(model, x - 0.01, x + 0.01, method="crown")
+    assert ((ub_c - lb_c) < 0.5 * (ub_i - lb_i)).all()
+    lb_p, ub_p = compute_bounds(model.double(), x.double(), x.double())
+    assert (ub_p - lb_p).abs().max() < 1e-6

@@ -312,6 +312,37 @@ def layernorm_mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 10))
 
 
+class MixerLN(Mixer):
+    """The token mixer with pre-norm LayerNorms, as MLP-Mixer has them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(8), nn.LayerNorm(8)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.token(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        x = x + self.channel(self.norm2(x))
+        return self.head(x.mean(dim=1))
+
+
+class SqueezeExcite(nn.Module):
+    """A convolution gated per channel by a squeeze-excitation branch (a product of two computed
+    tensors, the gate broadcast over the map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(4, 2), nn.Linear(2, 4)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean((2, 3))))))
+        h = h * s.view(-1, 4, 1, 1)
+        return self.head(h.flatten(1))
+
+
 #: name -> (factory, input shape). Inputs are in [0, 1].
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "torchvision-norm-cnn": (NormCNN, (3, 8, 8)),
@@ -349,6 +380,9 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp-leaky-relu": (mlp(nn.LeakyReLU(0.2)), (1, 8, 8)),
     "mlp-softsign": (mlp(nn.Softsign()), (1, 8, 8)),
     "mlp-tanh": (mlp(nn.Tanh()), (1, 8, 8)),
+    "layernorm-mlp": (layernorm_mlp, (1, 8, 8)),
+    "mixer-layernorm": (MixerLN, (1, 8, 8)),
+    "squeeze-excitation": (SqueezeExcite, (1, 8, 8)),
 }
 
 
