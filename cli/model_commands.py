@@ -19,6 +19,7 @@ from .app import (
 )
 from .options import (
     check_positive,
+    check_seconds,
     check_writable_file,
     parse_shape,
     resolve_model,
@@ -43,6 +44,9 @@ def vnnlib(
     """Decide a VNN-LIB property: unsat (proved), sat (checked counterexample), unknown or timeout."""
     from nonuniform.verify.vnnlib import decide, parse_vnnlib
 
+    check_seconds(timeout=timeout)
+    if out is not None:
+        check_writable_file(out, example="result.txt")
     model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
     result = decide(model, parse_vnnlib(prop), card.input_shape, timeout, bab=bab)
     if out is not None:

@@ -30,9 +30,9 @@ def check_seconds(**values: float) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
 
 
-def check_writable_file(path: Path) -> None:
+def check_writable_file(path: Path, example: str = "model.pt") -> None:
     if path.is_dir():
-        raise UserError(f"--out {path} is a directory; give a file name such as {path}/model.pt")
+        raise UserError(f"--out {path} is a directory; give a file name such as {path}/{example}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"--out {path}: directory {parent} does not exist")
@@ -89,26 +89,32 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def parse_domain(text: str | None):
-    """``LO,HI`` (every feature) or ``LO:HI,LO:HI,...`` (one interval per channel, axis 1)."""
+    """``LO,HI`` (every feature), ``LO:HI,LO:HI,...`` (one interval per channel, axis 1; per
+    feature for flat inputs), or a file (``.npz``/``.npy``/``.vnnlib``: per-feature ends)."""
     if text is None:
         return None
+    if text.endswith((".npz", ".npy", ".vnnlib")):
+        from nonuniform.zoo.inputs import read_domain
+
+        return read_domain(text)
     try:
         if ":" in text:
             pairs = [tuple(float(v) for v in p.split(":")) for p in text.split(",")]
             if any(len(p) != 2 for p in pairs):
                 raise ValueError
-            lo = torch.tensor([p[0] for p in pairs]).reshape(-1, 1, 1)
-            hi = torch.tensor([p[1] for p in pairs]).reshape(-1, 1, 1)
-            domain = (lo, hi)
+            domain = (torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))
         else:
             lo_, hi_ = (float(v) for v in text.split(","))
             domain = (lo_, hi_)
     except ValueError:
         raise UserError(
-            f"bad --domain '{text}'; use LO,HI (e.g. 0,1) or one LO:HI per channel "
-            "(e.g. -2.4:2.5,-2.4:2.6,-2.2:2.7)"
+            f"bad --domain '{text}'; use LO,HI (e.g. 0,1), one LO:HI per channel "
+            "(e.g. -2.4:2.5,-2.4:2.6,-2.2:2.7) or a file (lo/hi arrays in .npz, a .vnnlib input box)"
         ) from None
-    if (torch.as_tensor(domain[0]) >= torch.as_tensor(domain[1])).any():
+    lo_t, hi_t = torch.as_tensor(domain[0]), torch.as_tensor(domain[1])
+    if not (torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all()):
+        raise UserError(f"bad --domain '{text}': every end must be a finite number")
+    if (lo_t >= hi_t).any():
         raise UserError(f"bad --domain '{text}': every LO must be below its HI")
     return domain
 

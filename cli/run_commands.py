@@ -84,7 +84,10 @@ def certify(
     ] = None,
     domain: Annotated[
         str | None,
-        typer.Option(help="Input domain LO,HI or LO:HI per channel (required for ONNX models)."),
+        typer.Option(
+            help="Input domain: LO,HI, LO:HI per channel (per feature for flat inputs), or a file: "
+            ".npz with lo/hi arrays, .npy (2, ...), a .vnnlib input box (required for ONNX models)."
+        ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")

@@ -34,8 +34,15 @@ def rank_boxes(files: list[str | Path], out: str | Path, top: int = 20, seed: in
     """Rank features (least robust first) and measure similarity for each file; write to ``out``."""
     out = Path(out)
     report, hist = {}, {}
+    shapes = {}
     for f in map(Path, files):
         res = CertifiedBoxes.load(f)
+        shapes[f] = tuple(res.inputs.shape[1:])
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{k.name} {v}" for k, v in shapes.items())
+            raise ValueError(
+                f"the files' inputs have different shapes ({listed}); compare boxes of one input shape"
+            )
         if int(res.certified.sum()) < 2:
             raise ValueError(f"{f}: {int(res.certified.sum())} certified boxes; ranking needs at least two")
         name = res.settings.get("model", {}).get("name") or f.stem

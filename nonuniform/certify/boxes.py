@@ -71,28 +71,12 @@ def certify_boxes(
     if cfg.domain is None:
         cfg = CertifyConfig.build(cfg, domain=UNIT_DOMAIN)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device if cfg.device is not None else inputs.device)
-    x_all = torch.as_tensor(inputs, dtype=torch.float32).to(device)
-    if x_all.dim() < 2:
-        raise ValueError(f"inputs must be batched, (N, *input_shape); got {tuple(x_all.shape)}")
-    lo_d, hi_d = domain_tensors(cfg.domain, x_all[0])
-    outside = (x_all < lo_d) | (x_all > hi_d)
-    if cfg.clip and outside.any():
-        raise ValueError(
-            f"{int(outside.any(0).sum())} input features lie outside the domain (data min "
-            f"{float(x_all.min()):.3g}, max {float(x_all.max()):.3g}); pass domain=(lo, hi) that "
-            "contains the data, or clip=False"
-        )
-    y_all = None if labels is None else torch.as_tensor(labels).long().to(device)
-    if y_all is not None and y_all.shape != x_all.shape[:1]:
-        raise ValueError(f"{len(y_all)} labels for {len(x_all)} inputs")
+    device = resolve_device(cfg.device if cfg.device is not None else getattr(inputs, "device", "cpu"))
+    x_all, y_all, bm = check_inputs_fit(model, inputs, labels, cfg, device)
     shape = tuple(x_all.shape[1:])
-    bm = BoundedModel(model, shape, torch.float32, device)
     batch_size = _affordable_batch(bm, cfg.batch_size, device)
     check_dt = {"float64": torch.float64, "float32": torch.float32}[cfg.check_dtype]
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
-    if cfg.bab and not (hasattr(check_bm.net, "ops") and split_ops(check_bm)):
-        raise ValueError("bab=True splits ReLU/LeakyReLU neurons of feedforward models; this model has none")
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
     # exactly what a saved file will give back; the batch actually used
     recorded = {**cfg.to_dict(), "input_shape": list(shape), "batch_size": batch_size, "device": str(device)}
@@ -109,6 +93,42 @@ def certify_boxes(
         if callback is not None:
             callback(part)
     return CertifiedBoxes.concat(parts)
+
+
+def check_inputs_fit(
+    model: nn.Module, inputs, labels, cfg: CertifyConfig, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor | None, BoundedModel]:
+    """Everything about the inputs that can be refused before any work (so a run directory is
+    never started for them): batched shape the model takes, a domain that fits and contains them,
+    labels per input, a classifier with two or more classes. Returns the inputs and labels on
+    ``device`` and the bounded model (float32)."""
+    x_all = torch.as_tensor(inputs, dtype=torch.float32).to(device)
+    if x_all.dim() < 2 or len(x_all) == 0:
+        raise ValueError(f"inputs must be a non-empty batch, (N, *input_shape); got {tuple(x_all.shape)}")
+    if not torch.isfinite(x_all).all():
+        first = int((~torch.isfinite(x_all)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"inputs hold NaN/inf values (first in sample {first})")
+    domain = UNIT_DOMAIN if cfg.domain is None else cfg.domain
+    lo_d, hi_d = domain_tensors(domain, x_all[0])
+    outside = (x_all < lo_d) | (x_all > hi_d)
+    if cfg.clip and outside.any():
+        raise ValueError(
+            f"{int(outside.any(0).sum())} input features lie outside the domain (data min "
+            f"{float(x_all.min()):.3g}, max {float(x_all.max()):.3g}); give a domain that contains the "
+            "data (--domain LO,HI / domain=(lo, hi)) or turn clipping off (--no-clip / clip=False)"
+        )
+    y_all = None if labels is None else torch.as_tensor(labels).long().to(device)
+    if y_all is not None and y_all.shape != x_all.shape[:1]:
+        raise ValueError(f"{len(y_all)} labels for {len(x_all)} inputs")
+    bm = BoundedModel(model, tuple(x_all.shape[1:]), torch.float32, device)
+    if bm.num_classes < 2:
+        raise ValueError(
+            f"the model has {bm.num_classes} output; certifying a prediction needs a classifier with at "
+            "least two classes (a regression model's output interval is not supported)"
+        )
+    if cfg.bab and not (hasattr(bm.net, "ops") and split_ops(bm)):
+        raise ValueError("bab=True splits ReLU/LeakyReLU neurons of feedforward models; this model has none")
+    return x_all, y_all, bm
 
 
 def _certify_batch(
@@ -255,5 +275,6 @@ __all__ = [
     "CertifiedBoxes",
     "CertifyConfig",
     "certify_boxes",
+    "check_inputs_fit",
     "domain_tensors",
 ]

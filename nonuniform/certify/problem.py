@@ -20,12 +20,27 @@ MAX_RADIUS_FACTOR = 4.0
 
 
 def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
-    """The domain's lower and upper ends, broadcast to the shape of one input ``like``."""
-    try:
-        lo, hi = (torch.as_tensor(d, dtype=like.dtype, device=like.device).expand_as(like) for d in domain)
-    except RuntimeError:
-        raise ValueError(f"domain arrays must broadcast to one input's shape {tuple(like.shape)}") from None
-    return lo, hi
+    """The domain's lower and upper ends, broadcast to the shape of one input ``like``.
+
+    Each end is a number, an array shaped like one input (or with as many values, e.g. a flat
+    VNN-LIB box), or one value per channel (the first axis) that broadcasts over the others."""
+    ends = []
+    for d in domain:
+        t = torch.as_tensor(d, dtype=like.dtype, device=like.device)
+        if t.dim() and t.shape != like.shape:
+            if t.numel() == like.numel():  # as many values as one input: a flat box
+                t = t.reshape(like.shape)
+            elif like.dim() and t.numel() == like.shape[0] and t.shape[0] == like.shape[0]:  # per channel
+                t = t.reshape(-1, *([1] * (like.dim() - 1)))
+        try:
+            ends.append(t.expand_as(like))
+        except RuntimeError:
+            raise ValueError(
+                f"the domain's ends have shape {tuple(t.shape)}, which does not fit one input of shape "
+                f"{tuple(like.shape)}: give one (lo, hi) pair per channel ({like.shape[0]} here), an array "
+                "shaped like one input, or one pair for all features (--domain 0,1 / domain=(0, 1))"
+            ) from None
+    return ends[0], ends[1]
 
 
 class Problem:

@@ -125,6 +125,8 @@ class CertifiedBoxes:
             raise
         except Exception as e:  # noqa: BLE001 - arbitrary bytes: zipfile, zlib, numpy all raise
             reason = " ".join(str(e).split())[:120] or type(e).__name__
+            if "pickle" in reason:  # never pass on numpy's advice to load untrusted pickles
+                reason = "it holds Python objects, which are never loaded"
             raise BoxesFileError(
                 f"{path}: damaged or truncated boxes file ({reason}); re-create it with `nonuniform certify`"
             ) from None

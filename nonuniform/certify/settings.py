@@ -196,8 +196,8 @@ def normalise_domain(domain) -> tuple:
     except (TypeError, ValueError):
         raise ValueError(f"domain must be a pair (lo, hi), got {domain!r}") from None
     lo_a, hi_a = (np.asarray(getattr(d, "detach", lambda d=d: d)(), dtype=np.float64) for d in (lo, hi))
-    if np.isnan(lo_a).any() or np.isnan(hi_a).any():
-        raise ValueError("domain: NaN in an end of the domain")
+    if not (np.isfinite(lo_a).all() and np.isfinite(hi_a).all()):
+        raise ValueError("domain: every end must be a finite number (no NaN or inf)")
     if (lo_a > hi_a).any():
         raise ValueError(f"domain: lower end above upper end in {int((lo_a > hi_a).sum())} features")
     if lo_a.ndim or hi_a.ndim:

@@ -56,6 +56,15 @@ def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
     g = proto.graph
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in consts]
+    recurrent = next((n for n in g.node if n.op_type in ("LSTM", "GRU", "RNN", "Loop", "Scan")), None)
+    if recurrent is not None:
+        raise UnsupportedModelError(
+            f"{path}: node '{recurrent.name}' is a recurrent {recurrent.op_type}: recurrent ONNX models are "
+            "not supported; in Python, wrap the PyTorch RNN/LSTM/GRU as "
+            "nonuniform.SequenceClassifier(rnn, head)"
+        )
+    if not inputs:
+        raise UnsupportedModelError(f"{path}: the graph has no input (an empty or constant graph)")
     if len(inputs) != 1:
         raise UnsupportedModelError(f"{path}: the graph has {len(inputs)} inputs; one is supported")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..certify.boxes import certify_boxes
+from ..certify.boxes import certify_boxes, check_inputs_fit
 from ..certify.result import BoxesFileError, CertifiedBoxes
 from ..certify.settings import CertifyConfig
+from ..runtime.device import resolve_device
 from .ray import RayBackend, grid_batches, run_on_ray
 
 
@@ -221,6 +222,9 @@ def certify_run(
     out = Path(out)
     record = model_record(card)
     cfg = with_domain(CertifyConfig.build(config, **settings), card)
+    # refuse bad inputs before the run directory exists (nothing half-written)
+    device = resolve_device(cfg.device if cfg.device is not None else getattr(inputs, "device", "cpu"))
+    check_inputs_fit(model, inputs, labels, cfg, device)
     run = RunDir(out)
     done = run.open({"model": record, "data": source, "options": cfg.identity()}, resume)
     todo = np.array([k for k in range(len(indices)) if int(indices[k]) not in done], dtype=int)
@@ -267,6 +271,11 @@ def certify_run(
     res = CertifiedBoxes.concat([done[int(i)] for i in indices])
     summary = res.summary()
     summary.update({"model": record, "data": source, "wall_seconds": round(time.time() - t0, 2)})
+    # a resumed run may mix batch sizes (they change no box): say which were used, this run's last
+    used = sorted({int(done[int(i)].settings.get("batch_size", cfg.batch_size)) for i in indices})
+    if isinstance(summary.get("settings"), dict):
+        summary["settings"] = {**summary["settings"], "batch_size": cfg.batch_size}
+    summary["batch_sizes"] = used
     run.finish(res, summary)
     if figures:
         from ..report.plots import overview_figure, sample_figure

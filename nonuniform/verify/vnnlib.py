@@ -88,7 +88,11 @@ def _sexprs(tokens: list[str]) -> list:
 def parse_vnnlib(path: str | Path) -> Property:
     path = Path(path)
     try:
-        exprs = _sexprs(_tokens(path.read_text()))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VnnlibError(f"{path}: not a readable VNN-LIB text file ({type(e).__name__})") from None
+    try:
+        exprs = _sexprs(_tokens(text))
     except VnnlibError as e:
         raise VnnlibError(f"{path}: {e}") from None
     xs, ys = set(), set()

@@ -90,18 +90,52 @@ def load_inputs(
 def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    with np.load(path) as z:
-        key = "inputs" if "inputs" in z.files else "images" if "images" in z.files else None
-        if key is None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = "inputs" if "inputs" in z.files else "images" if "images" in z.files else None
+            if key is None:
+                raise InputError(
+                    f"{path}: needs an array 'inputs' (N, ...) and optionally 'labels' (N,); has {z.files}"
+                )
+            raw = z[key]
+            labels = z["labels"] if "labels" in z.files else None
+    except InputError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
             raise InputError(
-                f"{path}: needs an array 'inputs' (N, ...) and optionally 'labels' (N,); has {z.files}"
+                f"{path}: holds Python objects, which are never loaded; save numeric arrays "
+                "(numpy.savez(path, inputs=..., labels=...))"
+            ) from None
+        raise InputError(f"{path}: not a readable .npz file ({one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and OS errors of a damaged file
+        raise InputError(
+            f"{path}: not a readable .npz file ({type(e).__name__}); write it with "
+            "numpy.savez(path, inputs=..., labels=...)"
+        ) from None
+    if raw.dtype.kind not in "biuf" or raw.ndim < 1 or len(raw) == 0:
+        raise InputError(
+            f"{path}: 'inputs' must be a non-empty numeric array (N, ...); got {raw.dtype} {raw.shape}"
+        )
+    x = torch.from_numpy(raw.astype(np.float32))
+    if raw.dtype == np.uint8:
+        x = x / 255.0
+    y = None
+    if labels is not None:
+        integral = labels.dtype.kind in "biu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0))
+        if not integral or labels.ndim != 1:
+            raise InputError(
+                f"{path}: 'labels' must be a 1-D array of class indices (integers); got {labels.dtype} "
+                f"{labels.shape}"
             )
-        x = torch.from_numpy(z[key].astype(np.float32))
-        if z[key].dtype == np.uint8:
-            x = x / 255.0
-        y = torch.from_numpy(z["labels"].astype(np.int64)) if "labels" in z.files else None
+        y = torch.from_numpy(labels.astype(np.int64))
     if input_shape is not None and x[0].numel() == int(np.prod(input_shape)):
         x = x.reshape(len(x), *input_shape)
+    elif input_shape is not None:
+        raise InputError(
+            f"{path}: inputs of shape {tuple(x.shape[1:])} ({x[0].numel()} values) do not fit the model's "
+            f"input {tuple(input_shape)} ({int(np.prod(input_shape))} values)"
+        )
     elif x.dim() == 3:
         x = x.unsqueeze(1)
     if y is not None and len(y) != len(x):
@@ -110,8 +144,61 @@ def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
     return Inputs(x[idx], None if y is None else y[idx], idx, str(path.resolve()))
 
 
+def one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def read_domain(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature domain ends from a file: ``.npz`` with arrays ``lo`` and ``hi`` (or ``lower`` /
+    ``upper``), ``.npy`` with one array of shape (2, ...) (ends stacked), or a VNN-LIB property's
+    input box (``.vnnlib``; flat, reshaped to the model's input later)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.suffix == ".vnnlib":
+            from ..verify.vnnlib import parse_vnnlib
+
+            prop = parse_vnnlib(path)
+            lo, hi = prop.lower, prop.upper
+        elif path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.ndim < 1 or arr.shape[0] != 2:
+                raise InputError(
+                    f"{path}: a domain .npy holds the two ends stacked, shape (2, ...); got {arr.shape}"
+                )
+            lo, hi = arr[0], arr[1]
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                keys = ("lo", "hi") if "lo" in z.files else ("lower", "upper") if "lower" in z.files else None
+                if keys is None:
+                    raise InputError(
+                        f"{path}: needs arrays 'lo' and 'hi' shaped like one input; has {z.files}"
+                    )
+                lo, hi = z[keys[0]], z[keys[1]]
+        if np.asarray(lo).dtype.kind not in "biuf" or np.asarray(hi).dtype.kind not in "biuf":
+            raise InputError(f"{path}: the domain's ends must be real numbers")
+        lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged files: numpy, zipfile and parser errors
+        raise InputError(f"{path}: not a readable domain file ({one_line(e)})") from None
+    if lo.shape != hi.shape:
+        raise InputError(f"{path}: the ends have shapes {lo.shape} and {hi.shape}")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise InputError(f"{path}: the domain's ends must be finite numbers")
+    if (lo > hi).any():
+        raise InputError(f"{path}: lower end above upper end in {int((lo > hi).sum())} features")
+    return lo, hi
+
+
 def check_inputs(inputs: Inputs, num_classes: int, where: str) -> None:
-    """No NaN/inf value; labels within the model's classes."""
+    """No NaN/inf value; labels within the model's classes; a model with classes to certify."""
+    if num_classes < 2:
+        raise InputError(
+            f"the model has {num_classes} output; certifying a prediction needs a classifier with at least "
+            "two classes (a regression model's output interval is not supported)"
+        )
     x, y = inputs.x, inputs.y
     bad = ~torch.isfinite(x)
     if bad.any():
@@ -135,4 +222,12 @@ def check_dataset_matches(card, dataset: str) -> None:
         )
 
 
-__all__ = ["InputError", "Inputs", "check_dataset_matches", "check_inputs", "load_inputs", "select_indices"]
+__all__ = [
+    "InputError",
+    "Inputs",
+    "check_dataset_matches",
+    "check_inputs",
+    "load_inputs",
+    "read_domain",
+    "select_indices",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -283,6 +283,8 @@ def load_model(
             f"'{key}' is neither an embedded model nor an existing file; embedded models: "
             f"{', '.join(models) or '(none)'} (see `nonuniform models`)"
         )
+    if domain is not None and card.domain is not None and not key.lower().endswith(".onnx"):
+        card = replace(card, domain=domain)  # the caller's domain overrides the recorded one
     return model.to(device).eval(), card
 
 

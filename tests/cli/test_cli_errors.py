@@ -32,11 +32,16 @@ def assert_one_line_error(res, needle: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert needle in lines[0], lines[0]
     assert "Traceback" not in res.output
+    assert "allow_pickle" not in res.output, "never advise loading untrusted pickles"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("files")
+    return make_files(tmp_path_factory.mktemp("files"))
+
+
+def make_files(d):
+    """The bad files of CASES in folder ``d`` (also used by experiments/bad_inputs.py)."""
     (d / "a_file").write_text("x")
     (d / "random.pt").write_bytes(np.random.default_rng(0).bytes(500))
     (d / "random.npz").write_bytes(np.random.default_rng(1).bytes(500))
@@ -251,3 +256,191 @@ def test_boxes_reader_refuses_pickled_objects(tmp_path):
     with pytest.raises(BoxesFileError):
         CertifiedBoxes.load(path)
     assert zipfile.is_zipfile(path)
+
+
+# -- inputs a new user brought (bad files, wrong shapes, odd models) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def more_files(tmp_path_factory):
+    return make_more_files(tmp_path_factory.mktemp("more"))
+
+
+def make_more_files(d):
+    """The files of MORE_CASES in folder ``d``."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    np.savez(d / "good.npz", inputs=np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32))
+    raw = (d / "good.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(raw[: len(raw) // 3])
+    np.savez(d / "empty.npz")
+    np.savez(d / "strings.npz", inputs=np.zeros((2, 784), dtype=np.float32), labels=np.array(["cat", "dog"]))
+    np.savez(d / "objects.npz", inputs=np.array([None, 1], dtype=object))
+    np.savez(d / "wrong_size.npz", inputs=np.zeros((2, 100), dtype=np.float32))
+    np.savez(d / "domain.npz", lo=np.zeros((1, 28, 28)), hi=np.full((1, 28, 28), np.inf))
+    regression = nn.Sequential(nn.Flatten(), nn.Linear(784, 1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(regression, torch.zeros(1, 1, 28, 28), str(d / "regression.onnx"), dynamo=False)
+        lstm = nn.LSTM(4, 3, batch_first=True)
+        torch.onnx.export(lstm, torch.zeros(1, 5, 4), str(d / "lstm.onnx"), dynamo=False)
+    (d / "outdir").mkdir()
+    return d
+
+
+MORE_CASES = [
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/a1", "--dataset", "{d}/truncated.npz"],
+        "not a readable .npz file",
+    ),
+    (["certify", "mnist-mlp", "--out", "{d}/a2", "--dataset", "{d}/empty.npz"], "needs an array 'inputs'"),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/a3", "--dataset", "{d}/strings.npz"],
+        "'labels' must be a 1-D array",
+    ),
+    (["certify", "mnist-mlp", "--out", "{d}/a4", "--dataset", "{d}/objects.npz"], "holds Python objects"),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/a5", "--dataset", "{d}/wrong_size.npz"],
+        "do not fit the model's input",
+    ),
+    (["certify", "mnist-mlp", "--out", "{d}/a6", "--domain", "nan,1"], "every end must be a finite number"),
+    (["certify", "mnist-mlp", "--out", "{d}/a7", "--domain", "0,inf"], "every end must be a finite number"),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/a8", "--domain", "0:1,0:1,0:1"],
+        "one (lo, hi) pair per channel (1 here)",
+    ),
+    (["certify", "mnist-mlp", "--out", "{d}/a9", "--domain", "{d}/domain.npz"], "must be finite numbers"),
+    (
+        ["certify", "{d}/regression.onnx", "--out", "{d}/a10", "--domain", "0,1"],
+        "needs a classifier with at least two",
+    ),
+    (["certify", "{d}/lstm.onnx", "--out", "{d}/a11", "--domain", "0,1"], "recurrent LSTM"),
+    (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--timeout", "0"], "--timeout must be a positive"),
+    (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--timeout", "-3"], "--timeout must be a positive"),
+    (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--out", "{d}/outdir"], "is a directory"),
+]
+
+
+@pytest.mark.parametrize("args,needle", MORE_CASES, ids=[f"more-{i}" for i in range(len(MORE_CASES))])
+def test_more_bad_input_is_one_line_exit_2_and_writes_nothing(more_files, args, needle):
+    res = run(*(a.format(d=more_files) for a in args))
+    assert_one_line_error(res, needle)
+    if "--out" in args and args[0] == "certify":
+        out = args[args.index("--out") + 1].format(d=more_files)
+        assert not (more_files / out).exists(), "a refused run left a directory behind"
+
+
+def test_rank_compare_refuses_boxes_of_other_input_shapes(tmp_path):
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parents[1] / "data" / "golden" / "boxes.npz"
+    other = CertifiedBoxes.load(golden)
+    flat = tmp_path / "flat.npz"
+    n = len(other)
+    for key in ("inputs", "lower", "upper"):
+        setattr(other, key, getattr(other, key).reshape(n, -1))
+    other.free = other.free.reshape(-1)
+    other.save(flat)
+    res = run("rank", golden, "--compare", flat, "--out", tmp_path / "r")
+    assert_one_line_error(res, "different shapes")
+
+
+def test_resume_with_another_batch_size_says_which_were_used(tmp_path):
+    out = tmp_path / "run"
+    base = ["certify", "mnist-mlp", "--out", out, "--iterations", 1, "--no-figures", "--json"]
+    assert run(*base, "--count", 1, "--batch-size", 1).exit_code == 0
+    (out / "boxes.npz").unlink()
+    res = run(*base, "--count", 3, "--batch-size", 2, "--resume")
+    assert res.exit_code == 0, res.output
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["batch_sizes"] == [1, 2] and summary["settings"]["batch_size"] == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzzed_input_files_only_raise_input_errors(tmp_path_factory, data):
+    """Random bytes as a --dataset .npz, a --domain file, a .vnnlib and an .onnx: a clear error
+    class (one line at the CLI), never a traceback."""
+    from nonuniform.frontends.onnx_read import load_onnx
+    from nonuniform.ir.network import UnsupportedModelError
+    from nonuniform.verify.vnnlib import VnnlibError, parse_vnnlib
+    from nonuniform.zoo.inputs import load_inputs, read_domain
+
+    d = tmp_path_factory.mktemp("fuzz")
+    for name, call, errors in [
+        ("x.npz", lambda p: load_inputs(str(p), input_shape=(1, 28, 28)), InputError),
+        ("d.npz", read_domain, InputError),
+        ("d.npy", read_domain, InputError),
+        ("p.vnnlib", parse_vnnlib, VnnlibError),
+        ("m.onnx", load_onnx, UnsupportedModelError),
+    ]:
+        path = d / name
+        path.write_bytes(data)
+        try:
+            call(path)
+        except errors as e:
+            assert "\n" not in str(e)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "(",
+                ")",
+                "assert",
+                "declare-const",
+                "X_0",
+                "Y_0",
+                "Y_1",
+                "<=",
+                ">=",
+                "and",
+                "or",
+                "0.5",
+                "-1",
+                "Real",
+                " ",
+                "\n",
+                ";",
+            ]
+        ),
+        max_size=40,
+    )  # fmt: skip
+)
+def test_fuzzed_vnnlib_text_only_raises_vnnlib_errors(tmp_path_factory, tokens):
+    from nonuniform.verify.vnnlib import VnnlibError, parse_vnnlib
+
+    path = tmp_path_factory.mktemp("v") / "p.vnnlib"
+    path.write_text(" ".join(tokens))
+    try:
+        parse_vnnlib(path)
+    except VnnlibError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["inputs", "labels", "images", "lo", "hi", "lower", "upper"]), max_size=3, unique=True
+    ),
+    st.integers(0, 3),
+    st.sampled_from(["f4", "u1", "i8", "U3", "b1", "c8"]),
+)
+def test_fuzzed_npz_contents_only_raise_input_errors(tmp_path_factory, keys, ndim, dtype):
+    """Well-formed .npz files with the wrong arrays, shapes or types."""
+    from nonuniform.zoo.inputs import load_inputs, read_domain
+
+    path = tmp_path_factory.mktemp("npz") / "x.npz"
+    np.savez(path, **{k: np.zeros((2,) * ndim, dtype=dtype) for k in keys})
+    for call in (lambda p: load_inputs(str(p), input_shape=(1, 28, 28)), read_domain):
+        try:
+            call(path)
+        except InputError as e:
+            assert "\n" not in str(e)

@@ -160,17 +160,43 @@ def test_resume_with_other_settings_is_refused(cluster, job, tmp_path):
 
 
 def test_a_shard_that_keeps_failing_is_reported_and_the_rest_completes(cluster, job, tmp_path):
+    """certify_run refuses bad inputs before any work, so a failing shard is made below it: a
+    shard whose inputs leave the domain fails on its worker, is retried, and is reported after
+    every other shard has been handed back."""
+    from nonuniform.certify.settings import CertifyConfig
+    from nonuniform.runs.rundir import _worker_model_spec
+
     model, card, x, y, idx = job
     bad = x.clone()
     bad[BATCH + 1, 0, 0, 0] = 2.0  # outside the [0, 1] domain: the shard of samples 6-11 fails
+    config = CertifyConfig(domain=card.domain, **OPTIONS)
+    got = []
     with pytest.raises(ShardsFailed, match="samples 6-11: ValueError: .*outside the domain"):
-        certify_run(model, card, bad, y, idx, "embedded:mnist", tmp_path / "run", figures=False,
-                    backend=RayBackend(workers=2, max_retries=1), **OPTIONS)  # fmt: skip
-    saved = sorted(
-        int(i) for p in (tmp_path / "run" / "parts").glob("*.npz") for i in CertifiedBoxes.load(p).indices
-    )
+        backend, spec = RayBackend(workers=2, max_retries=1), _worker_model_spec(card)
+        batches = grid_batches(np.arange(N), BATCH)
+        run_on_ray(
+            backend,
+            spec,
+            bad.numpy(),
+            y.numpy(),
+            np.asarray(idx),
+            batches,
+            config.to_dict(),
+            got.append,
+            tmp_path,
+        )
+    saved = sorted(int(i) for part in got for i in part.indices)
     assert saved == [i for i in range(N) if not BATCH <= i < 2 * BATCH]
-    assert not (tmp_path / "run" / "boxes.npz").exists()
+
+
+def test_certify_run_refuses_inputs_outside_the_domain_before_any_work(cluster, job, tmp_path):
+    model, card, x, y, idx = job
+    bad = x.clone()
+    bad[3, 0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match="outside the domain"):
+        certify_run(model, card, bad, y, idx, "embedded:mnist", tmp_path / "run", figures=False,
+                    backend=RayBackend(workers=2), **OPTIONS)  # fmt: skip
+    assert not (tmp_path / "run").exists()
 
 
 def test_model_without_a_source_is_refused(cluster, job, tmp_path):
