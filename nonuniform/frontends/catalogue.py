@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, str, str]] = [
     ),
     (
         "pooling",
-        "nn.MaxPool1d/2d, nn.AvgPool1d/2d, F.max_pool2d, F.avg_pool2d, AdaptiveAvg/MaxPool2d (equal windows), x.mean(dims)",
+        "nn.MaxPool1d/2d, nn.AvgPool1d/2d, F.max_pool2d, F.avg_pool2d, AdaptiveAvgPool2d (any output size), AdaptiveMaxPool2d (equal windows), x.mean(dims)",
         "MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceMax (spatial)",
     ),
     (

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx
 
 from ..ir.graph_model import GraphBuilder
-from ..ir.graph_ops import ConcatOp, MeanOp, PermuteOp, ReshapeOp
+from ..ir.graph_ops import AdaptiveAvgPoolOp, ConcatOp, MeanOp, PermuteOp, ReshapeOp
 from ..ir.ops import Activation, ConvOp, LinearOp, ProductOp, UnsupportedModelError
 from ..relax.pooling import MaxPool2d
 from .layers import layer_norm_graph
@@ -176,6 +176,8 @@ def pool(t, node: fx.Node, where: str):
     """The op of a functional pooling call (also used for AdaptiveAvg/MaxPool2d modules)."""
     (c, h, w), (ho, wo) = shape(node.args[0])[1:], shape(node)[2:]
     if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        if (h % ho or w % wo) and t is F.adaptive_avg_pool2d:
+            return AdaptiveAvgPoolOp(node.name, "adaptive_avg_pool2d", (ho, wo))
         if h % ho or w % wo:
             raise UnsupportedModelError(
                 f"{where}: adaptive pooling from {h}x{w} to {ho}x{wo} has unequal windows"

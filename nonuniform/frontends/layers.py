@@ -115,11 +115,6 @@ def _convert(name: str, m: nn.Module, dtype, device) -> Op | None:
         raise UnsupportedModelError(f"layer '{name}' ({kind}): {e}") from None
     if relaxation is not None:
         return Activation(name, kind, relaxation)
-    if isinstance(m, nn.AdaptiveMaxPool2d):
-        raise UnsupportedModelError(
-            f"layer '{name}' (AdaptiveMaxPool2d): its window depends on the input size; it is "
-            "supported inside traced models (not as a child of an nn.Sequential read directly)"
-        )
     if isinstance(m, nn.AvgPool2d):
         k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
         if m.ceil_mode or m.divisor_override is not None or (any(p) and not m.count_include_pad):

@@ -167,6 +167,33 @@ class MeanOp(AffineOp):
         return (lam / n).expand(*lam.shape[:2], *self.in_shape)
 
 
+class AdaptiveAvgPoolOp(AffineOp):
+    """``F.adaptive_avg_pool2d`` to any output size (windows of unequal sizes): a fixed linear map
+    per channel, applied as one (H*W, Ho*Wo) matrix built from the pool itself at set-up."""
+
+    def __init__(self, name: str, kind: str, out_hw: tuple[int, int]) -> None:
+        super().__init__(name, kind)
+        self.out_hw = tuple(int(v) for v in out_hw)
+        self._matrix: Tensor | None = None
+
+    def matrix(self, like: Tensor) -> Tensor:
+        h, w = self.in_shape[-2:] if self.in_shape else like.shape[-2:]
+        if self._matrix is None or self._matrix.dtype != like.dtype or self._matrix.device != like.device:
+            eye = torch.eye(h * w, dtype=like.dtype, device=like.device).reshape(h * w, 1, h, w)
+            self._matrix = F.adaptive_avg_pool2d(eye, self.out_hw).reshape(h * w, -1)
+        return self._matrix
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(x, self.out_hw)
+
+    forward_abs = forward
+
+    def backward(self, lam: Tensor) -> Tensor:
+        m = self.matrix(lam)  # (H*W, Ho*Wo): input position -> output position weights
+        h, w = self.in_shape[-2:]
+        return (lam.flatten(-2) @ m.T).unflatten(-1, (h, w))
+
+
 class CenterOp(AffineOp):
     """``x - x.mean(axes)`` over per-sample ``axes`` (LayerNorm's centring; negative axes count from
     the end): a symmetric projection, so its transpose is itself."""
@@ -246,6 +273,7 @@ class PadOp(AffineOp):
 
 
 __all__ = [
+    "AdaptiveAvgPoolOp",
     "AddOp",
     "CenterOp",
     "ConcatOp",

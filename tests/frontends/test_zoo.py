@@ -158,3 +158,21 @@ def test_layernorm_bounds_are_tighter_than_intervals_and_exact_on_points():
     assert ((ub_c - lb_c) < 0.5 * (ub_i - lb_i)).all()
     lb_p, ub_p = compute_bounds(model.double(), x.double(), x.double())
     assert (ub_p - lb_p).abs().max() < 1e-6
+
+
+def test_adaptive_average_pooling_with_unequal_windows_bounds_and_certifies():
+    """9x9 -> 4x4 (windows of 2 and 3 pixels): a fixed linear map (PyTorch's ONNX exporter refuses
+    this one, so it is checked from Python only)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten(), nn.Linear(48, 5)
+    )
+    model.eval()
+    x = torch.rand(4, 1, 9, 9, dtype=torch.float64)
+    net = BoundedModel(model, (1, 9, 9), torch.float64).net
+    assert torch.allclose(net.forward(x), model.double()(x))
+    model.float()
+    for method in ("crown", "fastlin"):
+        assert_sound(model, (1, 9, 9), method, seed=5, tag=f"adaptive {method}")
+    boxes = certify_boxes(model, x[:2].float(), None, batch_size=2)
+    assert verify_boxes(model, boxes, attack_restarts=2, attack_steps=20, corners=64).ok
