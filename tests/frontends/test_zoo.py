@@ -176,3 +176,19 @@ def test_adaptive_average_pooling_with_unequal_windows_bounds_and_certifies():
         assert_sound(model, (1, 9, 9), method, seed=5, tag=f"adaptive {method}")
     boxes = certify_boxes(model, x[:2].float(), None, batch_size=2)
     assert verify_boxes(model, boxes, attack_restarts=2, attack_steps=20, corners=64).ok
+
+
+@pytest.mark.parametrize("name", ["resnet-basic-block", "mobilenet-depthwise-relu6", "mixer-layernorm"])
+def test_python_and_onnx_front_ends_agree(name, tmp_path):
+    """The same model read by fx and from its ONNX export: the same bounds (float32 noise) and
+    the same boxes (log-volume to 0.5 nats per image)."""
+    model = build(name).float()
+    shape = ZOO[name][1]
+    export(model, shape, tmp_path / "m.onnx")
+    onnx_model, _ = load_model(str(tmp_path / "m.onnx"), domain=(0.0, 1.0))
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(7))
+    lb_py, _ = compute_bounds(model, x - 0.01, x + 0.01)
+    lb_onnx, _ = compute_bounds(onnx_model, x - 0.01, x + 0.01)
+    assert torch.allclose(lb_py, lb_onnx, rtol=1e-4, atol=1e-5)
+    a, b = certify_boxes(model, x, None), certify_boxes(onnx_model, x, None)
+    assert np.allclose(a.log_volume, b.log_volume, atol=0.5), (a.log_volume, b.log_volume)
