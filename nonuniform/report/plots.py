@@ -21,19 +21,58 @@ def _subplots(*args, figsize=None, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def _image(a: np.ndarray) -> np.ndarray:
-    """One input as a 2-D image: (1, H, W) -> (H, W); flat vectors become a single row."""
+def _chw(a: np.ndarray) -> np.ndarray | None:
+    """One input as (C, H, W), reading channels-last (H, W, C) images too; None for flat vectors."""
     a = np.asarray(a)
     if a.ndim == 3:
-        return a.mean(0) if a.shape[0] > 1 else a[0]
-    if a.ndim == 2:
+        if a.shape[0] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4):
+            return np.moveaxis(a, -1, 0)  # channels-last
         return a
-    side = int(round(np.sqrt(a.size)))
-    return a.reshape(side, side) if side * side == a.size else a.reshape(1, -1)
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 1:
+        side = int(round(np.sqrt(a.size)))
+        return a.reshape(1, side, side) if side * side == a.size and side > 2 else None
+    return None
+
+
+def _image(a: np.ndarray, colour: bool = False) -> np.ndarray:
+    """One input or per-feature map as a displayable image: (H, W), or (H, W, 3) in [0, 1] with
+    ``colour`` for 3-channel inputs (scaled by their own range: normalised inputs are not clipped);
+    flat vectors that are not square become a single row."""
+    chw = _chw(a)
+    if chw is None:
+        return np.asarray(a).reshape(1, -1)
+    if colour and chw.shape[0] == 3:
+        img = np.moveaxis(chw, 0, -1).astype(np.float64)
+        lo, hi = float(img.min()), float(img.max())
+        return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return chw.mean(0) if chw.shape[0] > 1 else chw[0]
+
+
+def _range(a: np.ndarray) -> tuple[float, float]:
+    """Display range of an input: [0, 1] for pixels, else its own (normalised inputs)."""
+    lo, hi = float(np.min(a)), float(np.max(a))
+    return (0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else (lo, hi if hi > lo else lo + 1.0)
+
+
+def _flat_figure(res: CertifiedBoxes, i: int, title: str, path) -> None:
+    """Flat inputs (tabular, control policies): each feature's value and its certified interval."""
+    x, lo, hi = (np.asarray(v).reshape(-1) for v in (res.inputs[i], res.lower[i], res.upper[i]))
+    fig, ax = _subplots(figsize=(min(14, max(7, 2 + 0.35 * x.size)), 3.6))
+    pos = np.arange(x.size)
+    ax.bar(pos, hi - lo, bottom=lo, color="#f4a261", alpha=0.7, label="certified interval")
+    ax.scatter(pos, x, color="black", s=12, zorder=3, label="input")
+    ax.set_xlabel("feature")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=None) -> None:
-    """Input, lower and upper radius maps, and the box's most extreme allowed perturbation."""
+    """Input, lower and upper radius maps, and the box's most extreme allowed perturbation (a bar
+    chart of the certified intervals for flat inputs)."""
     x, lo, hi = res.inputs[i], res.lower[i], res.upper[i]
     r_lo, r_hi = x - lo, hi - x
     # a vertex of the box: every pixel pushed to whichever end is farther (a worst-looking input)
@@ -42,28 +81,32 @@ def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=Non
     def name(k: int) -> str:
         return class_names[k] if class_names else str(k)
 
+    status = "certified" if res.certified[i] else "NOT certified"
+    label = "?" if res.labels[i] < 0 else name(int(res.labels[i]))
+    title = (
+        f"sample {int(res.indices[i])}: label {label}, predicted {name(int(res.preds[i]))}, {status}; "
+        f"mean log radius {res.mean_log_radius[i]:.2f} vs uniform {res.uniform_mean_log_radius[i]:.2f}"
+    )
+    if _chw(x) is None:
+        _flat_figure(res, i, title, path)
+        return
     fig, axes = _subplots(1, 4, figsize=(12, 3.2))
     vmax = max(float(r_lo.max()), float(r_hi.max()), 1e-12)
+    x_lo, x_hi = _range(np.concatenate([np.ravel(x), np.ravel(vertex)]))
+    colour = _chw(x).shape[0] == 3
     panels = [
-        (_image(x), "input", "gray", 0, 1),
+        (_image(x, colour), "input", "gray", x_lo, x_hi),
         (_image(r_lo), "radius below (x0 - lower)", "magma", 0, vmax),
         (_image(r_hi), "radius above (upper - x0)", "magma", 0, vmax),
-        (_image(vertex), "a vertex of the box", "gray", 0, 1),
+        (_image(vertex, colour), "a vertex of the box", "gray", x_lo, x_hi),
     ]
-    for ax, (img, title, cmap, vmin, vm) in zip(axes, panels):
-        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vm)
-        ax.set_title(title, fontsize=9)
+    for ax, (img, panel_title, cmap, vmin, vm) in zip(axes, panels):
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vm) if img.ndim == 2 else ax.imshow(img)
+        ax.set_title(panel_title, fontsize=9)
         ax.axis("off")
         if cmap == "magma":
             fig.colorbar(im, ax=ax, fraction=0.046)
-    status = "certified" if res.certified[i] else "NOT certified"
-    label = "?" if res.labels[i] < 0 else name(int(res.labels[i]))
-    fig.suptitle(
-        f"sample {int(res.indices[i])}: label {label}, predicted {name(int(res.preds[i]))}, {status}; "
-        f"mean log radius {res.mean_log_radius[i]:.2f} vs uniform "
-        f"{res.uniform_mean_log_radius[i]:.2f}",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -78,7 +121,10 @@ def overview_figure(res: CertifiedBoxes, path: str | Path, max_samples: int = 16
     norm = matplotlib.colors.LogNorm(vmin=max(vmin, 1e-6), vmax=max(vmax, 2e-6))
     im = None
     for k in range(n):
-        axes[0, k].imshow(_image(res.inputs[k]), cmap="gray", vmin=0, vmax=1)
+        chw = _chw(res.inputs[k])
+        img = _image(res.inputs[k], colour=chw is not None and chw.shape[0] == 3)
+        x_lo, x_hi = _range(res.inputs[k])
+        axes[0, k].imshow(img, cmap="gray", vmin=x_lo, vmax=x_hi) if img.ndim == 2 else axes[0, k].imshow(img)
         axes[0, k].set_title(f"#{int(res.indices[k])}" + ("" if res.certified[k] else " ✗"), fontsize=8)
         im = axes[1, k].imshow(_image(np.maximum(radii[k], 1e-6)), cmap="magma", norm=norm)
         for ax in axes[:, k]:
