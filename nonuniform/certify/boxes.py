@@ -27,6 +27,7 @@ reported ``certified=False`` with a degenerate box.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -81,18 +82,63 @@ def certify_boxes(
     # exactly what a saved file will give back; the batch actually used
     recorded = {**cfg.to_dict(), "input_shape": list(shape), "batch_size": batch_size, "device": str(device)}
     parts = []
-    for start in range(0, len(x_all), batch_size):
+    start = 0
+    while start < len(x_all):
         t0 = time.perf_counter()
         x0 = x_all[start : start + batch_size]
         y = None if y_all is None else y_all[start : start + batch_size]
-        part = _certify_batch(bm, check_bm, x0, y, cfg, progress)
+        tally = _Tally(progress)
+        try:
+            part = _certify_batch(bm, check_bm, x0, y, cfg, tally)
+        except (RuntimeError, MemoryError) as e:
+            if not out_of_memory(e):
+                raise
+            tally.take_back()
+            if batch_size == 1:
+                raise ValueError(
+                    "one sample's bounds do not fit in the free memory; everything certified so far is "
+                    "kept (run directories: parts/); use a machine with more memory or a smaller model"
+                ) from None
+            batch_size = max(1, batch_size // 2)
+            warnings.warn(
+                f"out of memory: certifying in batches of {batch_size} (results do not change)", stacklevel=2
+            )
+            recorded = {**recorded, "batch_size": batch_size}
+            gc.collect()
+            continue
         part.seconds[:] = (time.perf_counter() - t0) / len(x0)
-        part.indices = idx_all[start : start + batch_size]
+        part.indices = idx_all[start : start + len(x0)]
         part.settings = recorded
         parts.append(part)
         if callback is not None:
             callback(part)
+        start += len(x0)
     return CertifiedBoxes.concat(parts)
+
+
+class _Tally:
+    """Progress of one batch, passed on as it comes and taken back if the batch is retried."""
+
+    def __init__(self, progress: Callable[[float], None] | None) -> None:
+        self.progress, self.done = progress, 0.0
+
+    def __call__(self, n: float) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(n)
+
+    def take_back(self) -> None:
+        if self.progress is not None and self.done:
+            self.progress(-self.done)
+        self.done = 0.0
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation failure (Python's MemoryError, torch's CPU allocator, CUDA): worth retrying
+    with a smaller batch. Beyond a hard limit (``ulimit -v``, a cgroup with swap accounting off)
+    the kernel may kill the process instead; the parts already written survive that."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def check_inputs_fit(

@@ -301,3 +301,38 @@ def test_progress_adds_up_to_the_samples_and_moves_during_the_warm_start(mnist_m
     assert sum(steps) == pytest.approx(5.0)
     # the uniform box, each balancing step, the finish: the bar moves while a batch is worked on
     assert len(steps) >= 2 * 4
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_boxes(monkeypatch):
+    """An allocation failure retries the batch at half the size (samples are independent, so the
+    boxes are the same up to float noise); a single sample that does not fit is one clear error."""
+    import nonuniform.certify.boxes as boxes_module
+
+    model, _ = load_model("mnist-mlp")
+    x, y = load_samples("mnist")
+    x, y = x[:4], y[:4]
+    full = certify_boxes(model, x, y, batch_size=4)
+    real = boxes_module._certify_batch
+
+    def tight_memory(bm, check_bm, x0, *args):
+        if len(x0) > 1:
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+            )
+        return real(bm, check_bm, x0, *args)
+
+    monkeypatch.setattr(boxes_module, "_certify_batch", tight_memory)
+    seen = []
+    with pytest.warns(UserWarning, match="out of memory: certifying in batches of 1"):
+        small = certify_boxes(model, x, y, batch_size=4, progress=seen.append)
+    # the same boxes up to float noise along the search (as test_samples_are_independent_of_their_batch)
+    assert np.abs(small.mean_log_radius - full.mean_log_radius).max() < 1e-2
+    assert small.certified.all() and (small.margin >= 1e-4).all()
+    assert small.settings["batch_size"] == 1 and abs(sum(seen) - 4) < 1e-9
+
+    def no_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(boxes_module, "_certify_batch", no_memory)
+    with pytest.raises(ValueError, match="one sample's bounds do not fit"), pytest.warns(UserWarning):
+        certify_boxes(model, x, y, batch_size=2)
