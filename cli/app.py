@@ -97,7 +97,8 @@ def results_table(res, title: str = "") -> Table:
     t = Table(
         title=title or None,
         caption="log r: mean log half-width of the non-uniform box; unif. r: best certified uniform "
-        "radius; gain: log-volume over the uniform box (nats); s: seconds per sample",
+        "radius, before clipping to the domain (the figures' uniform log half-width is of the clipped "
+        "box); gain: log-volume over the uniform box (nats); s: seconds per sample",
     )
     for col in ("sample", "label", "pred", "cert", "log r", "unif. r", "gain", "apothem", "s"):
         t.add_column(col, justify="right")

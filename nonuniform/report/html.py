@@ -80,9 +80,11 @@ def _thumbnails(res: CertifiedBoxes, first: int, extremes: int, class_names) -> 
         ("not certified", list(np.nonzero(~res.certified)[0][:extremes])),
     ]
     out = []
+    shown: set[int] = set()
     for title, idx in groups:
         items = []
-        for i in idx:
+        for i in (int(k) for k in idx if int(k) not in shown):  # each sample once, in its first group
+            shown.add(i)
             caption = (
                 f"mean log r {res.mean_log_radius[i]:.2f} (uniform {res.uniform_mean_log_radius[i]:.2f})"
                 if res.certified[i]
@@ -100,7 +102,7 @@ def _extras(run_dir: Path) -> list[dict]:
     out = []
     verify = run_dir / "verify.json"
     if verify.exists():
-        out.append({"id": "verify", "title": "verify", "text": verify.read_text(), "images": []})
+        out.append({"id": "verify", "title": "verify", "rows": _rows(verify), "images": []})
     sections = (
         ("rank", "rank: feature robustness and similarity", "ranking.json"),
         ("explain", "explain: explanation sets and their evaluation", "explain.json"),
@@ -108,10 +110,33 @@ def _extras(run_dir: Path) -> list[dict]:
     for sub, title, report in sections:
         d = run_dir / sub
         if d.is_dir():
-            text = (d / report).read_text() if (d / report).exists() else ""
+            rows = _rows(d / report) if (d / report).exists() else []
             images = [(p.stem.replace("_", " "), _file_png(p)) for p in sorted(d.glob("*.png"))]
-            out.append({"id": sub, "title": title, "text": text[:20000], "images": images})
+            out.append({"id": sub, "title": title, "rows": rows, "images": images})
     return out
+
+
+def _rows(path: Path, limit: int = 400) -> list[tuple[str, str]]:
+    """A JSON record as (key path, value) rows for a table; long lists shortened."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [("file", f"{path.name} could not be read")]
+    rows: list[tuple[str, str]] = []
+
+    def walk(v, key: str) -> None:
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(sub, f"{key}.{k}" if key else str(k))
+        elif isinstance(v, list) and v and all(isinstance(s, dict) for s in v):
+            for k, sub in enumerate(v[:20]):
+                walk(sub, f"{key}[{k}]")
+        else:
+            text = json.dumps(v) if not isinstance(v, str) else v
+            rows.append((key, text if len(text) <= 160 else text[:157] + "..."))
+
+    walk(data, "")
+    return rows[:limit]
 
 
 def write_report(

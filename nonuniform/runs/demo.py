@@ -47,6 +47,7 @@ def run_demo(
             callback=(lambda p, name=name: progress(name, len(p))) if progress else None,
         )
         res.settings["model"] = model_record(card)
+        res.settings["data"] = f"mnist: the first {count} embedded test samples"
         results[name] = res
         d = out / name
         (d / "figures").mkdir(parents=True, exist_ok=True)
