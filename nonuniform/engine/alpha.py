@@ -74,7 +74,7 @@ class Slopes:
 
 def alpha_ops(bm, state) -> list[int]:
     """ReLU-family ops with slopes to optimise (in ``state.pre``: every op of the model)."""
-    return [j for j in state.pre if bm.net.ops[j].relaxation.has_alpha]
+    return [j for j in state.pre if getattr(getattr(bm.net.ops[j], "relaxation", None), "has_alpha", False)]
 
 
 def initial_slopes(bm, state, specs: int) -> Slopes:
