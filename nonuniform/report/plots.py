@@ -22,18 +22,18 @@ def _subplots(*args, figsize=None, **kwargs):
 
 
 def _chw(a: np.ndarray) -> np.ndarray | None:
-    """One input as (C, H, W), reading channels-last (H, W, C) images too; None for flat vectors."""
+    """One input as (C, H, W), reading channels-last (H, W, C) images too; None for flat vectors
+    (and for "images" thinner than 4 pixels, such as ACAS Xu's (1, 1, 5): a bar chart is clearer)."""
     a = np.asarray(a)
+    out = None
     if a.ndim == 3:
-        if a.shape[0] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4):
-            return np.moveaxis(a, -1, 0)  # channels-last
-        return a
-    if a.ndim == 2:
-        return a[None]
-    if a.ndim == 1:
+        out = np.moveaxis(a, -1, 0) if a.shape[0] not in (1, 3, 4) and a.shape[-1] in (1, 3, 4) else a
+    elif a.ndim == 2:
+        out = a[None]
+    elif a.ndim == 1:
         side = int(round(np.sqrt(a.size)))
-        return a.reshape(1, side, side) if side * side == a.size and side > 2 else None
-    return None
+        out = a.reshape(1, side, side) if side * side == a.size else None
+    return out if out is not None and min(out.shape[1:]) >= 4 else None
 
 
 def _image(a: np.ndarray, colour: bool = False) -> np.ndarray:

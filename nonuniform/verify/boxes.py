@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..attacks.pgd import falsify_boxes
+from ..certify.problem import domain_tensors
 from ..certify.result import CertifiedBoxes
 from ..engine.bounds import compute_bounds, margin_spec
 
@@ -94,7 +95,7 @@ def verify_boxes(
     bad = ~((lo <= x0) & (x0 <= hi)).flatten(1).all(1)
     domain = boxes.settings.get("domain")
     if domain is not None and boxes.settings.get("clip", True):
-        d_lo, d_hi = (torch.as_tensor(d, dtype=torch.float64, device=device) for d in domain)
+        d_lo, d_hi = domain_tensors(domain, x0[0])  # the same reading of the domain as certify's
         bad |= ~((lo >= d_lo) & (hi <= d_hi)).flatten(1).all(1)
     report.malformed = [int(ids[i]) for i in cert[bad.cpu().numpy()]]
     preds = torch.tensor(boxes.preds[cert], device=device)

@@ -31,6 +31,7 @@ def test_layouts_are_read_as_images_or_flat():
     assert _chw(np.zeros((32, 32, 3))).shape == (3, 32, 32)  # channels-last
     assert _chw(np.zeros(784)).shape == (1, 28, 28)
     assert _chw(np.zeros(5)) is None  # ACAS Xu's five inputs: a bar chart
+    assert _chw(np.zeros((1, 1, 5))) is None  # ... also as the (1, 1, 5) the ONNX files take
     rgb = _image(np.random.default_rng(0).normal(size=(32, 32, 3)), colour=True)
     assert rgb.shape == (32, 32, 3) and rgb.min() >= 0 and rgb.max() <= 1  # normalised, not clipped
 

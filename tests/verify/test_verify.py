@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from nonuniform import certify_boxes, load_model
 from nonuniform.verify.boxes import verify_boxes
@@ -24,3 +25,33 @@ def test_verify_passes_real_boxes_and_catches_swapped_and_escaping_ones():
     escaping.upper[0] = escaping.upper[0] + 0.5  # leaves the [0, 1] domain
     report = verify_boxes(model, escaping, attack_restarts=1, attack_steps=10, corners=16)
     assert report.malformed == [0]
+
+
+def test_per_channel_and_per_feature_domains_round_trip_through_certify_and_verify(tmp_path):
+    """A per-channel --domain (recorded as one value per channel) and a per-feature domain file are
+    read the same way by certify and verify."""
+    import warnings
+
+    from nonuniform_cli.main import app
+    from typer.testing import CliRunner
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), torch.zeros(1, 3, 6, 6), str(tmp_path / "m.onnx"), dynamo=False)
+    x = (torch.rand(2, 3, 6, 6) * 2 - 1).numpy()
+    np.savez(tmp_path / "x.npz", inputs=x)
+    np.savez(tmp_path / "d.npz", lo=np.full((3, 6, 6), -1.0), hi=np.full((3, 6, 6), 1.5))
+    runner = CliRunner()
+    for tag, domain in (("channels", "-1:1,-1.5:1,-1:2"), ("file", str(tmp_path / "d.npz"))):
+        out = tmp_path / tag
+        args = ["certify", str(tmp_path / "m.onnx"), "--domain", domain, "--dataset", str(tmp_path / "x.npz")]
+        r = runner.invoke(app, [*args, "--out", str(out), "--no-figures"])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(
+            app, ["verify", str(out / "boxes.npz"), "--attack-restarts", "1", "--corners", "16"]
+        )
+        assert r.exit_code == 0 and "OK" in r.stdout, r.output
