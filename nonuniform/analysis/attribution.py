@@ -196,7 +196,7 @@ def min_attack_budget(
 ) -> Tensor:
     """Smallest budget (to 2^-bisection of the domain span) with which masked PGD succeeds;
     the span itself where it never does (a censored value)."""
-    span = float(domain[1] - domain[0])
+    span = float(torch.as_tensor(domain[1] - domain[0]).max())
     lo = torch.zeros(len(x0), device=x0.device)
     hi = torch.full((len(x0),), span, device=x0.device)
     ok_hi = masked_pgd(model, x0, labels, mask, hi, domain, **pgd)
@@ -233,7 +233,7 @@ def certified_complement_radius(
             )
         return (lb > 0).all(1)
 
-    span = float(domain[1] - domain[0])
+    span = float(torch.as_tensor(domain[1] - domain[0]).max())
     lo = torch.zeros(len(x0), device=x0.device, dtype=x0.dtype)
     hi = torch.full((len(x0),), span, device=x0.device, dtype=x0.dtype)
     top = ok(hi)

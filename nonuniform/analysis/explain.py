@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..certify.problem import domain_tensors
 from ..certify.result import CertifiedBoxes
 from ..report.plots import explanation_curves, explanation_figure
 from .attribution import (
@@ -84,13 +85,15 @@ def explain_boxes(
         use = cert[:max_samples]
         sub = boxes.subset(np.isin(np.arange(len(boxes)), use))
         x, y, free = torch.tensor(sub.inputs), torch.tensor(sub.preds), torch.tensor(sub.free)
+        # attacks and certificates stay in the domain the boxes were certified in
+        domain = domain_tensors(boxes.settings.get("domain") or (0.0, 1.0), x[0])
         scores = []
         for name, imp in baseline_rankings(model, sub, seed).items():
             scores.append(
                 evaluate_ranking(
                     model, x, y, imp, free, name,
                     k_fractions=tuple(k_fractions), certified=name.endswith("(ours)"), seed=seed,
-                    steps=attack_steps, bisection=bisection_steps,
+                    steps=attack_steps, bisection=bisection_steps, domain=domain,
                 )
             )  # fmt: skip
             if progress is not None:

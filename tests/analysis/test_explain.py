@@ -113,3 +113,21 @@ def test_baselines_shapes_and_evaluation_runs():
     # a larger set is easier to attack through; a smaller complement harder
     assert (scores.s_r[1] <= scores.s_r[0] + 1e-3).mean() >= 2 / 3
     assert (scores.certified_complement <= scores.s_r_complement + 1e-6).all()
+
+
+def test_evaluation_stays_in_a_per_channel_domain(tmp_path):
+    """Boxes certified in a per-channel domain (normalised inputs) are evaluated with that domain
+    as tensors (the evaluation assumed [0, 1] before; a tensor domain broke its budget span)."""
+    from nonuniform.analysis.explain import explain_boxes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
+    net.eval()
+    x = torch.rand(2, 3, 6, 6) * 4 - 2  # normalised values, outside [0, 1]
+    domain = ([-2.0, -2.0, -2.0], [2.0, 2.0, 2.0])
+    boxes = certify_boxes(net, x, None, domain=domain)
+    assert boxes.certified.all()
+    report = explain_boxes(boxes, tmp_path, [0.1], net, max_samples=2, attack_steps=3, bisection_steps=3)
+    assert report["evaluation"], report
