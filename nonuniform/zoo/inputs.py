@@ -107,7 +107,7 @@ def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
                 f"{path}: holds Python objects, which are never loaded; save numeric arrays "
                 "(numpy.savez(path, inputs=..., labels=...))"
             ) from None
-        raise InputError(f"{path}: not a readable .npz file ({one_line(e)})") from None
+        raise InputError(f"{path}: not a readable .npz file ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - zipfile, zlib and OS errors of a damaged file
         raise InputError(
             f"{path}: not a readable .npz file ({type(e).__name__}); write it with "
@@ -144,7 +144,7 @@ def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
     return Inputs(x[idx], None if y is None else y[idx], idx, str(path.resolve()))
 
 
-def one_line(e: BaseException) -> str:
+def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -182,7 +182,7 @@ def read_domain(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - damaged files: numpy, zipfile and parser errors
-        raise InputError(f"{path}: not a readable domain file ({one_line(e)})") from None
+        raise InputError(f"{path}: not a readable domain file ({_first_line(e)})") from None
     if lo.shape != hi.shape:
         raise InputError(f"{path}: the ends have shapes {lo.shape} and {hi.shape}")
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
