@@ -11,11 +11,12 @@ intermediate bounds then tighten every later relaxation, which final-pass-only s
 stays meaningful when the box changes: the box optimiser carries one set per sample and updates
 it with the log-radii (joint optimisation, :func:`nonuniform.certify.optimiser.optimise`).
 
-Rows below a convolutional chain are patches (:mod:`~nonuniform.engine.patches`) and keep CROWN's
-slopes, as does a
-target whose slope set would exceed :data:`SLOPE_ELEMENTS` per sample; Sigmoid/Tanh keep CROWN's
-lines. ``bm`` is a :class:`~nonuniform.engine.bounds.BoundedModel` (passed in, not imported: the engine
-calls this module).
+Rows below a convolutional chain are patches (:mod:`~nonuniform.engine.patches`); their slopes
+are stored per row *under its patch* only, ``(batch, 2 n_i, C_j, ph_j, pw_j)``, a fraction of
+a full map per row. A target whose slope set would exceed :data:`SLOPE_ELEMENTS` per sample
+keeps CROWN's slopes; Sigmoid/Tanh keep CROWN's lines. ``bm`` is a
+:class:`~nonuniform.engine.bounds.BoundedModel` (passed in, not imported: the engine calls this
+module).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .patches import patch_windows, row_windows
 
 #: Largest slope set of one intermediate target, in elements per sample (its rows times the
 #: neurons of every ReLU below). Larger targets keep CROWN's slopes. 2**20 admits the dense layer
@@ -39,7 +42,8 @@ class Slopes:
 
     ``inter[i][j]``: ``(batch, 2 * n_i, *shape_j)`` -- the rows bounding the ``n_i`` neurons at
     the input of activation op ``i`` (lower-bound rows, then upper-bound rows) use these slopes
-    at the ReLU-family op ``j < i``. ``final[j]``: ``(batch, specs, *shape_j)``.
+    at the ReLU-family op ``j < i``; for patch rows ``(batch, 2 * n_i, C_j, ph_j, pw_j)``, the
+    slopes under each row's patch window at ``j``. ``final[j]``: ``(batch, specs, *shape_j)``.
     """
 
     inter: dict[int, dict[int, Tensor]]
@@ -87,12 +91,28 @@ def initial_slopes(bm, state, specs: int) -> Slopes:
         return default[j].unsqueeze(1).expand(b, rows, *default[j].shape[1:]).clone()
 
     inter = {}
-    for i in state.dense_rows:
+    for i, patched in state.row_targets.items():
+        src = bm.net.ops[i].inputs[0]
+        n_i = math.prod(bm.net.ops[src].out_shape)
+        if patched:  # rows are patches: one slope per row and position under its patch
+            windows = patch_windows(bm.net, src, state.relaxations) or {}
+            below = [j for j in ops if j in windows]
+            elements = 2 * n_i * sum(bm.net.ops[j].out_shape[0] * math.prod(windows[j][1]) for j in below)
+            if below and elements <= SLOPE_ELEMENTS:
+                inter[i] = row_windows(bm.net, src, windows, {j: default[j] for j in below})
+            continue
         below = [j for j in ops if j < i]
-        n_i = math.prod(bm.net.ops[bm.net.ops[i].inputs[0]].out_shape)
         if below and 2 * n_i * sum(default[j][0].numel() for j in below) <= SLOPE_ELEMENTS:
             inter[i] = {j: copies(j, 2 * n_i) for j in below}
     return Slopes(inter, {j: copies(j, specs) for j in ops})
+
+
+def pick_rows(slopes: Tensor, rows: Tensor) -> Tensor:
+    """The slope rows ``rows`` (batch, k) of a slope table (batch, 2n, ...): (batch, k, ...)."""
+    b, k = rows.shape
+    flat = slopes.flatten(2)
+    picked = flat.gather(1, rows[:, :, None].expand(b, k, flat.shape[2]))
+    return picked.reshape(b, k, *slopes.shape[2:])
 
 
 def row_relaxations(ops, relax: dict, pre: dict, table: dict[int, Tensor], rows: Tensor) -> dict:
@@ -100,12 +120,9 @@ def row_relaxations(ops, relax: dict, pre: dict, table: dict[int, Tensor], rows:
 
     ``rows`` (batch, k): the slope rows of the bounds being computed (``n`` + neuron for the
     lower bound of neuron ``n``'s upper-bound row, the neuron itself for its lower bound)."""
-    b, k = rows.shape
     out = dict(relax)
     for j, slopes in table.items():
-        flat = slopes.flatten(2)
-        picked = flat.gather(1, rows[:, :, None].expand(b, k, flat.shape[2]))
-        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=picked.reshape(b, k, *slopes.shape[2:]))
+        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=pick_rows(slopes, rows))
     return out
 
 

@@ -9,9 +9,9 @@ Methods (see :data:`METHODS`):
   intermediate (pre-activation) bounds are computed by the same backward pass.
 * ``alpha-crown`` -- full alpha-CROWN (:mod:`~nonuniform.engine.alpha`): CROWN whose lower slopes of
   ReLU/LeakyReLU neurons are optimised by projected Adam, one slope set per bound target (every
-  specification of the final pass and every row of a dense intermediate bound), starting from
+  specification of the final pass and every row of an intermediate bound), starting from
   CROWN's slopes; the result is max'ed with CROWN's, so it is never looser. Sigmoid/Tanh keep
-  CROWN's lines; rows below convolutions (patches) keep CROWN's slopes.
+  CROWN's lines; rows below convolutions (patches) carry slopes under their patch.
 
 Every linear method intersects each intermediate bound with the interval propagated from the
 previous layer's (already intersected) bounds, and the final bound with the ``ibp`` bound, so
@@ -26,7 +26,7 @@ Shapes: boxes are ``(batch, *input_shape)``; specs ``(batch, specs, classes)``; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,9 @@ class BoundState:
     relaxations: dict[int, LinearRelaxation]  # by op index (empty for ibp)
     intervals: dict[int, tuple[Tensor, Tensor]]  # output bounds of every op (-1: the box)
     infeasible: Tensor | None = None  # (batch,) with splits: the box misses the split half-spaces
-    dense_rows: tuple[int, ...] = ()  # ops whose input was tightened by dense rows (slope targets)
+    # ops whose input was tightened by backward rows (alpha-CROWN's slope targets): op index ->
+    # elements of its largest patch row, 0 for dense rows
+    row_targets: dict[int, int] = field(default_factory=dict)
 
 
 class BoundedModel:
@@ -129,7 +131,7 @@ class BoundedModel:
         pre: dict[int, tuple[Tensor, Tensor]] = {}
         relax: dict[int, LinearRelaxation] = {}
         tightened: set[int] = set()
-        dense: list[int] = []
+        targets: dict[int, int] = {}
         infeasible = None
         for i, op in enumerate(ops):
             if isinstance(op, AffineOp):
@@ -167,8 +169,7 @@ class BoundedModel:
                     l, u = reuse.pre[i]
                 else:
                     l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, patch_elems, slopes)
-                if not patch_elems:
-                    dense.append(i)
+                targets[i] = patch_elems
                 iv[src] = (l, u)
                 tightened.add(src)
             if splits is not None and i in splits:
@@ -180,7 +181,7 @@ class BoundedModel:
                 relax[i] = op.relaxation.relax(l, u, mode)
             iv[i] = op.relaxation.interval(l, u)
             box[i] = exact[i] = False
-        return BoundState(lower, upper, pre, relax, iv, infeasible, tuple(dense))
+        return BoundState(lower, upper, pre, relax, iv, infeasible, targets)
 
     # -- backward pass ------------------------------------------------------------------
     def _affine_step(self, j: int, pending: dict[int, Tensor], bias: Tensor) -> Tensor:

@@ -75,14 +75,17 @@ def _union(a: tuple, b: tuple) -> tuple[tuple, tuple]:
     return offset, size
 
 
-def _geometry(net, order: list[int]) -> int:
+def _geometry(net, order: list[int], at: dict | None = None) -> int:
     """The largest patch (elements per row), or 0 if a patch would not be smaller than its map
-    (then dense rows are as good) or two branches meet with different strides."""
+    (then dense rows are as good) or two branches meet with different strides. ``at`` (if
+    given) receives each op's window ``(offset, size, stride)`` at its output."""
     src = order[0]
     win: dict[int, tuple] = {src: ((0, 0), (1, 1), (1, 1))}  # offset, size, stride
     largest = net.ops[src].out_shape[0]
     for j in order:
         offset, size, stride = win.pop(j)
+        if at is not None:
+            at[j] = (offset, size, stride)
         op = net.ops[j]
         if isinstance(op, ConvOp):
             offset, size = _conv_window(op, offset, size)
@@ -105,6 +108,28 @@ def patch_size(net, src: int, relax: dict) -> int:
     """Elements of the largest patch row below ``ops[src]``; 0 when patches do not apply."""
     order = _subgraph(net, src, relax)
     return 0 if order is None else _geometry(net, order)
+
+
+def patch_windows(net, src: int, relax: dict) -> dict[int, tuple] | None:
+    """Each op's patch window ``(offset, size, stride)`` at its output for rows at ``ops[src]``,
+    or None when patches do not apply."""
+    order = _subgraph(net, src, relax)
+    at: dict[int, tuple] = {}
+    return at if order is not None and _geometry(net, order, at) else None
+
+
+def row_windows(net, src: int, windows: dict[int, tuple], maps: dict[int, Tensor]) -> dict[int, Tensor]:
+    """Per-row copies of per-neuron maps: for every ``j`` of ``maps`` (B, C, H, W), the values
+    under the patch of every row at ``ops[src]`` (both signs, the lower-bound rows first):
+    ``(B, 2 n, C, ph, pw)`` with ``n`` the neurons of ``ops[src]`` (alpha-CROWN's starting
+    slopes of patch rows, :mod:`~nonuniform.engine.alpha`)."""
+    c_src, ho, wo = net.ops[src].out_shape
+    out = {}
+    for j, m in maps.items():
+        offset, (ph, pw), stride = windows[j]
+        pos = (torch.arange(2 * c_src * ho * wo, device=m.device) % (ho * wo)).expand(m.shape[0], -1)
+        out[j] = _windows(m, ph, pw, stride, offset, (ho, wo), pos)
+    return out
 
 
 def _windows(maps: Tensor, ph: int, pw: int, stride, offset, out_hw, pos: Tensor) -> Tensor:
@@ -170,10 +195,33 @@ def _push(pending: dict, k: int, patch: Tensor, offset: tuple, stride: tuple) ->
     pending[k] = (pad(patch, offset) + pad(other, o2), new_offset, stride)
 
 
-def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper: Tensor) -> Tensor | None:
+def _sloped(op, pre: tuple, alpha: Tensor, lo: Tensor, gap: Tensor, ph: int, pw: int, geo) -> tuple:
+    """Lower-slope and slope-gap windows of a ReLU-family op with each row's own slopes ``alpha``
+    at its unstable neurons (stable ones keep their exact lines)."""
+    l, u = pre
+    unstable = _windows(((l < 0) & (u > 0)).to(lo.dtype), ph, pw, *geo) > 0
+    a = op.relaxation.negative_slope
+    sloped = torch.where(unstable, alpha.clamp(a, 1.0), lo)
+    return sloped, gap + lo - sloped  # a_up - a_lo with the new a_lo
+
+
+def patch_bounds(
+    net,
+    src: int,
+    rows: Tensor,
+    relax: dict,
+    lower: Tensor,
+    upper: Tensor,
+    alphas: dict[int, Tensor] | None = None,
+    pre: dict | None = None,
+) -> Tensor | None:
     """Lower bounds of ``sign * z[n]`` for the rows ``rows`` (B, K) = signed one-hot neuron
     indices into the output of ``ops[src]`` (value ``n + 1`` for +z_n, ``-(n + 1)`` for -z_n).
-    Returns (B, K), or None when patches do not apply (see the module docstring)."""
+    Returns (B, K), or None when patches do not apply (see the module docstring).
+
+    ``alphas`` (alpha-CROWN): per ReLU-family op ``j``, each row's own lower slopes under its
+    patch, (B, K, C, ph, pw); they replace CROWN's at the neurons unstable by ``pre[j]`` (any
+    value is clamped to the sound range, as the dense rows' relaxation does)."""
     order = _subgraph(net, src, relax)
     if order is None or not _geometry(net, order):
         return None
@@ -219,6 +267,8 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
             if not r.zero_lower_bias:
                 maps += [r.lower_bias[:, 0]]
             win = [_windows(t, ph, pw, *geo) for t in maps]
+            if alphas is not None and j in alphas:
+                win[0], win[1] = _sloped(op, pre[j], alphas[j], win[0], win[1], ph, pw, geo)
             neg = patch.clamp(max=0)
             if r.zero_lower_bias:
                 bias = bias + torch.linalg.vecdot(neg.flatten(2), win[2].flatten(2))
@@ -235,4 +285,4 @@ def patch_bounds(net, src: int, rows: Tensor, relax: dict, lower: Tensor, upper:
     return bias + (torch.linalg.vecdot(patch, window_[0]) - torch.linalg.vecdot(patch.abs(), window_[1])) / 2
 
 
-__all__ = ["patch_bounds", "patch_size"]
+__all__ = ["patch_bounds", "patch_size", "patch_windows", "row_windows"]

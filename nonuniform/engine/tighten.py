@@ -4,8 +4,8 @@
 Each sample gets backward rows only for *its own* neurons that need bounds (padded to the largest
 count in the batch), so a sample's bounds never depend on its batch-mates. Rows are receptive-field
 patches below a convolutional chain (:mod:`~nonuniform.engine.patches`), dense maps otherwise;
-dense rows may carry
-their own lower slopes at every ReLU below them (full alpha-CROWN, :mod:`~nonuniform.engine.alpha`).
+both may carry their own lower slopes at every ReLU below them (full alpha-CROWN,
+:mod:`~nonuniform.engine.alpha`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..ir.network import AffineOp
 from ..relax.activations import LinearRelaxation, PiecewiseLinear
-from .alpha import Slopes, row_relaxations
+from .alpha import Slopes, pick_rows, row_relaxations
 from .interval import intersect_rows
 from .patches import patch_bounds, patch_size
 
@@ -133,7 +133,10 @@ class _Rows:
         bm, src = self.bm, self.src
         if self.patch_elems:  # convolutional chain below: rows as receptive-field patches
             signed = torch.where(neg, -(order + 1), order + 1)
-            return patch_bounds(bm.net, src, signed, self.relax, self.lower, self.upper)
+            alphas = None
+            if self.table is not None:
+                alphas = {j: pick_rows(t, order + n * neg.long()) for j, t in self.table.items()}
+            return patch_bounds(bm.net, src, signed, self.relax, self.lower, self.upper, alphas, self.pre)
         if self.prefix is None:
             self.prefix = self._prefix(n)
         pending, bias_u, j, pos, k_u = self.prefix
