@@ -23,47 +23,61 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .patches import patch_windows, row_windows
 
-#: Largest slope set of one intermediate target, in elements per sample (its rows times the
-#: neurons of every ReLU below). Larger targets keep CROWN's slopes. 2**20 admits the dense layer
-#: after the flatten of mnist-cnn-small (100 neurons x 4,704 ReLUs below).
-SLOPE_ELEMENTS = 2**20
+#: Largest slope set of one intermediate target, in elements per sample (its slot rows times the
+#: slopes each row carries). Larger targets keep CROWN's slopes. At 2**21 (8 MiB per sample in
+#: float32; Adam keeps three more copies and the best iterate one) every target of
+#: mnist-cnn-small, cifar_base_kw and resnet_2b at the benchmark's boxes is optimised.
+SLOPE_ELEMENTS = 2**21
 
 
 @dataclass
 class Slopes:
     """Lower slopes per bound target.
 
-    ``inter[i][j]``: ``(batch, 2 * n_i, *shape_j)`` -- the rows bounding the ``n_i`` neurons at
-    the input of activation op ``i`` (lower-bound rows, then upper-bound rows) use these slopes
-    at the ReLU-family op ``j < i``; for patch rows ``(batch, 2 * n_i, C_j, ph_j, pw_j)``, the
-    slopes under each row's patch window at ``j``. ``final[j]``: ``(batch, specs, *shape_j)``.
+    ``final[j]``: ``(batch, specs, *shape_j)``, the final pass's slopes at ReLU-family op ``j``.
+    ``inter[i][j]``: ``(batch, 2 S_i, *shape_j)`` -- slopes at op ``j`` of the rows bounding the
+    neurons at the input of activation op ``i``. Only the neurons that needed bounds when the
+    set was made have rows (*slots*; ``S_i`` = their largest count in the batch): ``slots[i]``
+    ``(batch, 2 n_i)`` maps the lower-bound row of neuron ``k`` (index ``k``) and its upper-bound
+    row (index ``n_i + k``) to a slot, or -1: such rows use CROWN's slopes at the current bounds.
+    Patch rows carry the slopes under their patch window only: ``(batch, 2 S_i, C_j, ph_j, pw_j)``.
+    Indexing by neuron keeps a set meaningful when the box changes (the joint optimiser).
     """
 
     inter: dict[int, dict[int, Tensor]]
     final: dict[int, Tensor]
+    slots: dict[int, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not set(self.inter) <= set(self.slots):
+            raise ValueError(f"Slopes: targets {sorted(set(self.inter) - set(self.slots))} have no slot map")
 
     def tensors(self) -> list[Tensor]:
         return [t for table in self.inter.values() for t in table.values()] + list(self.final.values())
 
     def map(self, fn) -> Slopes:
-        """The same structure with ``fn`` applied to every tensor."""
+        """The same structure with ``fn`` applied to every slope tensor (slots are shared)."""
         return Slopes(
             {i: {j: fn(t) for j, t in table.items()} for i, table in self.inter.items()},
             {j: fn(t) for j, t in self.final.items()},
+            self.slots,
         )
 
     def select(self, idx: Tensor) -> Slopes:
-        return self.map(lambda t: t[idx])
+        out = self.map(lambda t: t[idx])
+        out.slots = {i: t[idx] for i, t in self.slots.items()}
+        return out
 
     def assign(self, idx: Tensor, other: Slopes, mask: Tensor | None = None) -> None:
-        """Write ``other``'s rows into samples ``idx`` (where ``mask``, if given)."""
+        """Write ``other``'s rows (a :meth:`select` of these samples) into samples ``idx`` (where
+        ``mask``, if given)."""
         for mine, theirs in zip(self.tensors(), other.tensors()):
             sel = idx if mask is None else idx[mask]
             mine[sel] = theirs if mask is None else theirs[mask]
@@ -81,8 +95,27 @@ def alpha_ops(bm, state) -> list[int]:
     return [j for j in state.pre if getattr(getattr(bm.net.ops[j], "relaxation", None), "has_alpha", False)]
 
 
+def _slots(need: Tensor) -> tuple[Tensor, Tensor]:
+    """Slots of the needed neurons ``need`` (batch, n): ``(slots (batch, 2n), neurons (batch, 2S))``
+    -- each sample's needed neurons in index order take slots 0..c-1 (lower rows) and S..S+c-1
+    (upper rows); padding slots point at neuron 0 and no row maps to them."""
+    b, n = need.shape
+    counts = need.sum(1)
+    s = int(counts.max())
+    order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :s]
+    valid = torch.arange(s, device=need.device)[None, :] < counts[:, None]
+    slots = torch.full((b, 2 * n + 1), -1, dtype=torch.long, device=need.device)
+    k = torch.arange(s, device=need.device).expand(b, s)
+    dump = torch.full_like(order, 2 * n)  # padding writes land in a dropped column
+    slots.scatter_(1, torch.where(valid, order, dump), k)
+    slots.scatter_(1, torch.where(valid, order + n, dump), k + s)
+    neurons = torch.where(valid, order, 0)
+    return slots[:, : 2 * n], torch.cat([neurons, neurons], 1)
+
+
 def initial_slopes(bm, state, specs: int) -> Slopes:
-    """CROWN's slopes at the boxes of ``state``, copied to every target (alpha-CROWN's start)."""
+    """CROWN's slopes at the boxes of ``state`` (alpha-CROWN's start): for the final pass, and
+    for the rows of every intermediate target's neurons that need bounds at these boxes."""
     ops = alpha_ops(bm, state)
     b = state.lower.shape[0]
     default = {j: bm.net.ops[j].relaxation.default_alpha(*(t.detach() for t in state.pre[j])) for j in ops}
@@ -90,39 +123,57 @@ def initial_slopes(bm, state, specs: int) -> Slopes:
     def copies(j: int, rows: int) -> Tensor:
         return default[j].unsqueeze(1).expand(b, rows, *default[j].shape[1:]).clone()
 
-    inter = {}
+    inter, slots = {}, {}
     for i, patched in state.row_targets.items():
         src = bm.net.ops[i].inputs[0]
-        n_i = math.prod(bm.net.ops[src].out_shape)
+        need = bm.net.ops[i].relaxation.needs_bounds(*(t.detach() for t in state.pre[i])).reshape(b, -1)
+        if not bool(need.any()):
+            continue
+        slot, neurons = _slots(need)
+        rows = neurons.shape[1]
         if patched:  # rows are patches: one slope per row and position under its patch
             windows = patch_windows(bm.net, src, state.relaxations) or {}
             below = [j for j in ops if j in windows]
-            elements = 2 * n_i * sum(bm.net.ops[j].out_shape[0] * math.prod(windows[j][1]) for j in below)
-            if below and elements <= SLOPE_ELEMENTS:
-                inter[i] = row_windows(bm.net, src, windows, {j: default[j] for j in below})
+            per_row = sum(bm.net.ops[j].out_shape[0] * math.prod(windows[j][1]) for j in below)
+            if below and rows * per_row <= SLOPE_ELEMENTS:
+                inter[i] = row_windows(bm.net, src, windows, {j: default[j] for j in below}, neurons)
+                slots[i] = slot
             continue
         below = [j for j in ops if j < i]
-        if below and 2 * n_i * sum(default[j][0].numel() for j in below) <= SLOPE_ELEMENTS:
-            inter[i] = {j: copies(j, 2 * n_i) for j in below}
-    return Slopes(inter, {j: copies(j, specs) for j in ops})
+        if below and rows * sum(default[j][0].numel() for j in below) <= SLOPE_ELEMENTS:
+            inter[i] = {j: copies(j, rows) for j in below}
+            slots[i] = slot
+    return Slopes(inter, {j: copies(j, specs) for j in ops}, slots)
 
 
 def pick_rows(slopes: Tensor, rows: Tensor) -> Tensor:
-    """The slope rows ``rows`` (batch, k) of a slope table (batch, 2n, ...): (batch, k, ...)."""
+    """The slope rows ``rows`` (batch, k) of a slope table (batch, R, ...): (batch, k, ...)."""
     b, k = rows.shape
     flat = slopes.flatten(2)
     picked = flat.gather(1, rows[:, :, None].expand(b, k, flat.shape[2]))
     return picked.reshape(b, k, *slopes.shape[2:])
 
 
-def row_relaxations(ops, relax: dict, pre: dict, table: dict[int, Tensor], rows: Tensor) -> dict:
-    """``relax`` with each row's own lower slopes at the ops of ``table``.
+def slot_rows(slopes: Slopes, i: int, rows: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+    """The slopes of rows ``rows`` (batch, k) of target ``i`` (``n_i * upper + neuron``):
+    ``({j: (batch, k, ...)}, valid (batch, k))``; rows without a slot read slot 0 and are marked
+    invalid (they take CROWN's slopes)."""
+    slot = slopes.slots[i].gather(1, rows)
+    valid = slot >= 0
+    return {j: pick_rows(t, slot.clamp(min=0)) for j, t in slopes.inter[i].items()}, valid
 
-    ``rows`` (batch, k): the slope rows of the bounds being computed (``n`` + neuron for the
-    lower bound of neuron ``n``'s upper-bound row, the neuron itself for its lower bound)."""
+
+def row_relaxations(ops, relax: dict, pre: dict, slopes: Slopes, i: int, rows: Tensor) -> dict:
+    """``relax`` with each row's own lower slopes at the ops of target ``i``'s table.
+
+    ``rows`` (batch, k): the rows of the bounds being computed (``n`` + neuron for the upper
+    bound of a neuron, the neuron itself for its lower bound)."""
     out = dict(relax)
-    for j, slopes in table.items():
-        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=pick_rows(slopes, rows))
+    picked, valid = slot_rows(slopes, i, rows)
+    for j, alpha in picked.items():
+        crown = ops[j].relaxation.default_alpha(*pre[j]).unsqueeze(1)
+        alpha = torch.where(valid.reshape(*valid.shape, *[1] * (alpha.dim() - 2)), alpha, crown)
+        out[j] = ops[j].relaxation.relax(*pre[j], "crown", alpha=alpha)
     return out
 
 

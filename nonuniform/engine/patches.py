@@ -118,17 +118,17 @@ def patch_windows(net, src: int, relax: dict) -> dict[int, tuple] | None:
     return at if order is not None and _geometry(net, order, at) else None
 
 
-def row_windows(net, src: int, windows: dict[int, tuple], maps: dict[int, Tensor]) -> dict[int, Tensor]:
+def row_windows(
+    net, src: int, windows: dict[int, tuple], maps: dict[int, Tensor], neurons: Tensor
+) -> dict[int, Tensor]:
     """Per-row copies of per-neuron maps: for every ``j`` of ``maps`` (B, C, H, W), the values
-    under the patch of every row at ``ops[src]`` (both signs, the lower-bound rows first):
-    ``(B, 2 n, C, ph, pw)`` with ``n`` the neurons of ``ops[src]`` (alpha-CROWN's starting
-    slopes of patch rows, :mod:`~nonuniform.engine.alpha`)."""
-    c_src, ho, wo = net.ops[src].out_shape
+    under the patch of the row of each neuron ``neurons`` (B, R) of ``ops[src]``: (B, R, C, ph,
+    pw) (alpha-CROWN's starting slopes of patch rows, :mod:`~nonuniform.engine.alpha`)."""
+    _, ho, wo = net.ops[src].out_shape
     out = {}
     for j, m in maps.items():
         offset, (ph, pw), stride = windows[j]
-        pos = (torch.arange(2 * c_src * ho * wo, device=m.device) % (ho * wo)).expand(m.shape[0], -1)
-        out[j] = _windows(m, ph, pw, stride, offset, (ho, wo), pos)
+        out[j] = _windows(m, ph, pw, stride, offset, (ho, wo), neurons % (ho * wo))
     return out
 
 
@@ -195,13 +195,13 @@ def _push(pending: dict, k: int, patch: Tensor, offset: tuple, stride: tuple) ->
     pending[k] = (pad(patch, offset) + pad(other, o2), new_offset, stride)
 
 
-def _sloped(op, pre: tuple, alpha: Tensor, lo: Tensor, gap: Tensor, ph: int, pw: int, geo) -> tuple:
-    """Lower-slope and slope-gap windows of a ReLU-family op with each row's own slopes ``alpha``
-    at its unstable neurons (stable ones keep their exact lines)."""
+def _sloped(op, pre: tuple, alpha: Tensor, valid: Tensor, lo: Tensor, gap: Tensor, ph, pw, geo) -> tuple:
+    """Lower-slope and slope-gap windows of a ReLU-family op with each valid row's own slopes
+    ``alpha`` at its unstable neurons (stable ones keep their exact lines)."""
     l, u = pre
     unstable = _windows(((l < 0) & (u > 0)).to(lo.dtype), ph, pw, *geo) > 0
     a = op.relaxation.negative_slope
-    sloped = torch.where(unstable, alpha.clamp(a, 1.0), lo)
+    sloped = torch.where(unstable & valid[:, :, None, None, None], alpha.clamp(a, 1.0), lo)
     return sloped, gap + lo - sloped  # a_up - a_lo with the new a_lo
 
 
@@ -214,14 +214,16 @@ def patch_bounds(
     upper: Tensor,
     alphas: dict[int, Tensor] | None = None,
     pre: dict | None = None,
+    sloped_rows: Tensor | None = None,
 ) -> Tensor | None:
     """Lower bounds of ``sign * z[n]`` for the rows ``rows`` (B, K) = signed one-hot neuron
     indices into the output of ``ops[src]`` (value ``n + 1`` for +z_n, ``-(n + 1)`` for -z_n).
     Returns (B, K), or None when patches do not apply (see the module docstring).
 
     ``alphas`` (alpha-CROWN): per ReLU-family op ``j``, each row's own lower slopes under its
-    patch, (B, K, C, ph, pw); they replace CROWN's at the neurons unstable by ``pre[j]`` (any
-    value is clamped to the sound range, as the dense rows' relaxation does)."""
+    patch, (B, K, C, ph, pw); they replace CROWN's at the neurons unstable by ``pre[j]`` in the
+    rows marked in ``sloped_rows`` (B, K) (any value is clamped to the sound range, as the dense rows'
+    relaxation does)."""
     order = _subgraph(net, src, relax)
     if order is None or not _geometry(net, order):
         return None
@@ -268,7 +270,7 @@ def patch_bounds(
                 maps += [r.lower_bias[:, 0]]
             win = [_windows(t, ph, pw, *geo) for t in maps]
             if alphas is not None and j in alphas:
-                win[0], win[1] = _sloped(op, pre[j], alphas[j], win[0], win[1], ph, pw, geo)
+                win[0], win[1] = _sloped(op, pre[j], alphas[j], sloped_rows, win[0], win[1], ph, pw, geo)
             neg = patch.clamp(max=0)
             if r.zero_lower_bias:
                 bias = bias + torch.linalg.vecdot(neg.flatten(2), win[2].flatten(2))

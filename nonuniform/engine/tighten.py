@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..ir.network import AffineOp
 from ..relax.activations import LinearRelaxation, PiecewiseLinear
-from .alpha import Slopes, pick_rows, row_relaxations
+from .alpha import Slopes, row_relaxations, slot_rows
 from .interval import intersect_rows
 from .patches import patch_bounds, patch_size
 
@@ -109,7 +109,8 @@ class _Rows:
     def __init__(self, bm, i, src, need, relax, lower, upper, iv, pre, patch_elems, slopes) -> None:
         self.bm, self.src, self.need, self.relax = bm, src, need, relax
         self.lower, self.upper, self.iv, self.pre, self.patch_elems = lower, upper, iv, pre, patch_elems
-        self.table = None if slopes is None else slopes.inter.get(i)
+        self.i = i
+        self.slopes = slopes if slopes is not None and i in slopes.inter else None
         self.prefix: tuple | None = None
 
     def intersect(self, lf: Tensor, uf: Tensor, order: Tensor, valid: Tensor, neg: Tensor):
@@ -133,18 +134,20 @@ class _Rows:
         bm, src = self.bm, self.src
         if self.patch_elems:  # convolutional chain below: rows as receptive-field patches
             signed = torch.where(neg, -(order + 1), order + 1)
-            alphas = None
-            if self.table is not None:
-                alphas = {j: pick_rows(t, order + n * neg.long()) for j, t in self.table.items()}
-            return patch_bounds(bm.net, src, signed, self.relax, self.lower, self.upper, alphas, self.pre)
+            alphas = valid = None
+            if self.slopes is not None:
+                alphas, valid = slot_rows(self.slopes, self.i, order + n * neg.long())
+            return patch_bounds(
+                bm.net, src, signed, self.relax, self.lower, self.upper, alphas, self.pre, valid
+            )
         if self.prefix is None:
             self.prefix = self._prefix(n)
         pending, bias_u, j, pos, k_u = self.prefix
         sel = pos[order] + k_u * neg.long()  # (b, K) row of each signed neuron in the prefix
         gathered = {k: v[0][sel] for k, v in pending.items()}
         rel = self.relax
-        if self.table is not None:
-            rel = row_relaxations(bm.net.ops, rel, self.pre, self.table, order + n * neg.long())
+        if self.slopes is not None:
+            rel = row_relaxations(bm.net.ops, rel, self.pre, self.slopes, self.i, order + n * neg.long())
         return bm._backward(gathered, j, rel, self.lower, self.upper, self.iv, bias_u[0][sel])
 
     def _prefix(self, n: int) -> tuple:

@@ -183,17 +183,27 @@ def test_patch_row_slopes_equal_dense_row_slopes(name):
                 src = bm.net.ops[i].inputs[0]
                 if state.row_targets[i]:
                     windows = patch_windows(bm.net, src, state.relaxations)
-                    table[i] = row_windows(bm.net, src, windows, {j: maps[j] for j in tab})
+                    neurons = _slot_neurons(slopes.slots[i], next(iter(tab.values())).shape[1])
+                    table[i] = row_windows(bm.net, src, windows, {j: maps[j] for j in tab}, neurons)
                 else:
                     table[i] = {j: maps[j][:, None].expand_as(t).clone() for j, t in tab.items()}
             final = {j: maps[j][:, None].expand_as(t).clone() for j, t in slopes.final.items()}
             lo, hi = lower.clone().requires_grad_(True), upper.clone().requires_grad_(True)
-            lb = sloped_bound(bm, spec, lo, hi, Slopes(table, final))
+            lb = sloped_bound(bm, spec, lo, hi, Slopes(table, final, slopes.slots))
             results.append((lb.detach(), *torch.autograd.grad(lb.sum(), [lo, hi])))
         finally:
             tighten.PATCHES = True
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-9, rtol=1e-9), (name, (a - b).abs().max())
+
+
+def _slot_neurons(slots: Tensor, rows: int) -> Tensor:
+    """The neuron of each slot (batch, rows) from a slot map (batch, 2 n)."""
+    n = slots.shape[1] // 2
+    out = torch.zeros(slots.shape[0], rows + 1, dtype=torch.long)
+    neuron = (torch.arange(2 * n) % n).expand(slots.shape[0], -1)
+    out.scatter_(1, torch.where(slots >= 0, slots, rows), neuron)
+    return out[:, :rows]
 
 
 def alpha_ops_of(bm: BoundedModel) -> list[int]:
@@ -214,6 +224,8 @@ def test_patch_row_slopes_tighten_a_resnet():
     start = initial_slopes(bm, state, spec.shape[1])
     full, _ = optimised_bound(bm, spec, state, steps=30, lr=0.1)
     dense = {i: t for i, t in start.inter.items() if not state.row_targets[i]}
-    without, _ = optimised_bound(bm, spec, state, steps=30, lr=0.1, init=Slopes(dense, start.final))
+    without, _ = optimised_bound(
+        bm, spec, state, steps=30, lr=0.1, init=Slopes(dense, start.final, start.slots)
+    )
     assert (full >= crown - 1e-5).all()
     assert (full - crown).mean() > 1.3 * (without - crown).mean() > 0
