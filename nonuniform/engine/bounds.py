@@ -71,7 +71,7 @@ class BoundState:
     intervals: dict[int, tuple[Tensor, Tensor]]  # output bounds of every op (-1: the box)
     infeasible: Tensor | None = None  # (batch,) with splits: the box misses the split half-spaces
     # ops whose input was tightened by backward rows (alpha-CROWN's slope targets): op index ->
-    # elements of its largest patch row, 0 for dense rows
+    # elements of the largest patch row its slope rows use, 0 for dense rows
     row_targets: dict[int, int] = field(default_factory=dict)
 
 
@@ -164,12 +164,12 @@ class BoundedModel:
             src = op.inputs[0]
             l, u = iv[src]
             if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
-                patch_elems = uses_patches(self, i, relax)
+                patch_elems = uses_patches(self, i, relax, slopes is not None and i in slopes.inter)
                 if reuse is not None and (slopes is None or i not in slopes.inter):
                     l, u = reuse.pre[i]
                 else:
                     l, u = tighten(self, i, l, u, relax, lower, upper, iv, pre, patch_elems, slopes)
-                targets[i] = patch_elems
+                targets[i] = uses_patches(self, i, relax, sloped=True)  # the kind of its slope rows
                 iv[src] = (l, u)
                 tightened.add(src)
             if splits is not None and i in splits:

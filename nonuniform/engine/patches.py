@@ -75,10 +75,10 @@ def _union(a: tuple, b: tuple) -> tuple[tuple, tuple]:
     return offset, size
 
 
-def _geometry(net, order: list[int], at: dict | None = None) -> int:
-    """The largest patch (elements per row), or 0 if a patch would not be smaller than its map
-    (then dense rows are as good) or two branches meet with different strides. ``at`` (if
-    given) receives each op's window ``(offset, size, stride)`` at its output."""
+def _geometry(net, order: list[int], at: dict | None = None, fraction: float = 1.0) -> int:
+    """The largest patch (elements per row), or 0 if a patch would cover ``fraction`` of its map
+    or more (then dense rows are as good) or two branches meet with different strides. ``at``
+    (if given) receives each op's window ``(offset, size, stride)`` at its output."""
     src = order[0]
     win: dict[int, tuple] = {src: ((0, 0), (1, 1), (1, 1))}  # offset, size, stride
     largest = net.ops[src].out_shape[0]
@@ -91,7 +91,7 @@ def _geometry(net, order: list[int], at: dict | None = None) -> int:
             offset, size = _conv_window(op, offset, size)
             stride = (stride[0] * op.stride[0], stride[1] * op.stride[1])
         c, h, w = op.in_shape if isinstance(op, ConvOp) else op.out_shape
-        if size[0] * size[1] >= h * w:
+        if size[0] * size[1] >= fraction * h * w:
             return 0
         largest = max(largest, c * size[0] * size[1])
         for k in op.inputs:
@@ -104,10 +104,11 @@ def _geometry(net, order: list[int], at: dict | None = None) -> int:
     return largest
 
 
-def patch_size(net, src: int, relax: dict) -> int:
-    """Elements of the largest patch row below ``ops[src]``; 0 when patches do not apply."""
+def patch_size(net, src: int, relax: dict, fraction: float = 1.0) -> int:
+    """Elements of the largest patch row below ``ops[src]``; 0 when patches do not apply or some
+    patch covers ``fraction`` of its map or more."""
     order = _subgraph(net, src, relax)
-    return 0 if order is None else _geometry(net, order)
+    return 0 if order is None else _geometry(net, order, fraction=fraction)
 
 
 def patch_windows(net, src: int, relax: dict) -> dict[int, tuple] | None:

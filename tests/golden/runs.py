@@ -4,7 +4,9 @@
 ``tests/test_golden_runs.py`` recomputes them and compares. The runs call only the public API
 (``nonuniform.compute_bounds``, ``certify_boxes``, ``load_model``, the CLI), so the same file
 works before and after a move of the modules behind it. Recorded at commit 22a2ea2 (before the
-sub-package layout) at one torch thread, which makes float32 sums reproducible.
+sub-package layout) at one torch thread, which makes float32 sums reproducible; re-recorded on
+2026-12-02 when alpha-CROWN's intermediate slopes became per needed neuron (slots): only the
+alpha-crown MLP box moved, by at most 8e-6 in its margin and 7e-7 in its bounds.
 """
 
 from __future__ import annotations
