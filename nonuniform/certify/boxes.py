@@ -32,6 +32,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from .finalise import finalise, uniform_radius
 from .optimiser import optimise, polish, shaped_start
 from .problem import MIN_RADIUS, Problem, domain_tensors, radii
 from .result import BoxesFileError, CertifiedBoxes
-from .settings import UNIT_DOMAIN, CertifyConfig
+from .settings import UNIT_DOMAIN, CertifyConfig, solver_defaults
 
 
 def certify_boxes(
@@ -226,12 +227,16 @@ def _certify_batch(
     start = u_ok.nonzero().squeeze(1)
     al_share = 0.65 if cfg.iterations else 0.0  # progress: the rest goes to the warm start
     tick(0.1)  # the uniform box
+    warm = crown_problem(p) if cfg.method == "alpha-crown" and cfg.crown_start else p
+    crown_shape = None  # alpha-crown: CROWN's optimised shape, a candidate of the final scaling
     if cfg.shaped_start and len(start):
-        step_share = (0.8 - al_share) / max(cfg.shape_steps, 1)
-        shaped = shaped_start(p, start, rho0[start], on_step=lambda: tick(step_share))
+        step_share = (0.8 - al_share) / max(warm.cfg.shape_steps, 1)
+        shaped = shaped_start(warm, start, rho0[start], on_step=lambda: tick(step_share))
         with torch.no_grad():
             gain = p.mean_log_width(*p.box(*radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
         rho0[start[gain]] = shaped[gain]
+        if warm is not p:
+            crown_shape = rho0.clone()
     active = u_ok.clone()
     tick(max(0.9 - al_share - reported[0], 0.0))  # the warm start, also where its steps stopped early
     best_rho, iters, last_rho = optimise(p, rho0, active, lambda: tick(al_share / max(cfg.iterations, 1)))
@@ -243,6 +248,7 @@ def _certify_batch(
         if cfg.polish:
             # Without AL iterations the last iterate is the start: one candidate.
             last = (last_rho[opt_idx],) if cfg.iterations else ()
+            last += (crown_shape[opt_idx],) if crown_shape is not None else ()
             best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], *last)
         r_lo, r_hi = radii(p, best_rho[opt_idx])
         lo_, hi_, ok_, m_, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
@@ -291,6 +297,13 @@ def _certify_batch(
         indices=np.arange(b),
         free=p.free.cpu().numpy(),
     )
+
+
+def crown_problem(p: Problem) -> Problem:
+    """The same batch under CROWN with CROWN's solver defaults (alpha-crown's warm start)."""
+    cfg = replace(p.cfg, method="crown", alpha_steps=None, alpha_steps_check=None, joint_slopes=None)
+    cfg = replace(cfg, **{k: v for k, v in solver_defaults("crown").items() if k == "shape_steps"})
+    return Problem(p.bm, p.x0, p.spec, cfg)
 
 
 def _affordable_batch(bm: BoundedModel, batch_size: int, device: torch.device) -> int:

@@ -5,8 +5,9 @@
 (``nonuniform.compute_bounds``, ``certify_boxes``, ``load_model``, the CLI), so the same file
 works before and after a move of the modules behind it. Recorded at commit 22a2ea2 (before the
 sub-package layout) at one torch thread, which makes float32 sums reproducible; re-recorded on
-2026-12-02 when alpha-CROWN's intermediate slopes became per needed neuron (slots): only the
-alpha-crown MLP box moved, by at most 8e-6 in its margin and 7e-7 in its bounds.
+2026-12-02 for two alpha-CROWN changes, each moving only the alpha-crown MLP box: intermediate
+slopes per needed neuron (slots; at most 8e-6 in the margin), then CROWN's pipeline as the warm
+start (``crown_start``; log-volume +8.7 and +10.7 nats).
 """
 
 from __future__ import annotations

@@ -42,11 +42,12 @@ CHANGED = {
     "alpha_steps": 3,
     "alpha_steps_check": 7,
     "joint_slopes": False,
+    "crown_start": False,
     "alpha_lr": 0.2,
     "seed": 1,
 }
 #: alpha-CROWN-only fields are compared on an alpha-crown run
-ALPHA_ONLY = {"alpha_steps", "alpha_steps_check", "joint_slopes"}
+ALPHA_ONLY = {"alpha_steps", "alpha_steps_check", "joint_slopes", "crown_start"}
 
 
 def test_the_resume_table_covers_every_box_field():
