@@ -15,6 +15,7 @@ from .app import UserError
 #: command-line flag of each CertifyConfig field (messages name settings as `field`)
 FLAGS = {name: "--" + name.replace("_", "-") for name in CertifyConfig.__dataclass_fields__}
 FLAGS["joint_slopes"] = "--no-joint-slopes"
+FLAGS["whole"] = "--whole-domain"
 
 
 def check_positive(allow_zero: bool = False, **values: int) -> None:
@@ -117,6 +118,28 @@ def parse_domain(text: str | None):
     if (lo_t >= hi_t).any():
         raise UserError(f"bad --domain '{text}': every LO must be below its HI")
     return domain
+
+
+def feature_array(path: str | None, flag: str):
+    """A per-feature array from ``FILE.npy`` (``--frozen``, ``--whole-domain``, ``--weights``,
+    ``--groups``), never unpickled; None when not given."""
+    if path is None:
+        return None
+    import numpy as np
+
+    if not path.endswith(".npy"):
+        raise UserError(f"{flag} {path}: give a .npy file with one value per input feature")
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+
+
+def parse_groups(text: str | None):
+    """``--groups``: channel | time | patch:HxW | FILE.npy (an integer map shaped like one input)."""
+    return feature_array(text, "--groups") if text is not None and text.endswith(".npy") else text
 
 
 def certify_config(**values) -> CertifyConfig:

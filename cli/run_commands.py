@@ -25,8 +25,10 @@ from .options import (
     certify_config,
     check_output_dir,
     check_seconds,
+    feature_array,
     parse_backend,
     parse_domain,
+    parse_groups,
     parse_shape,
     resolve_model,
 )
@@ -123,6 +125,27 @@ def certify(
     alpha_steps_check: Annotated[
         int | None, typer.Option(help="alpha-crown: parameter steps of the final float64 proof (default 50).")
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="volume (largest box) | apothem (first the largest smallest radius: the best uniform "
+            "radius as a floor, then volume) | blend:B (floor at B x the best uniform radius, 0<B<=1)."
+        ),
+    ] = "volume",
+    floor: Annotated[float, typer.Option(help="Every radius at least this (absolute units).")] = 0.0,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="One radius per group: channel | time | patch:HxW | FILE.npy (integer map)."),
+    ] = None,
+    frozen: Annotated[
+        str | None, typer.Option(help="FILE.npy: boolean mask of features that may not move.")
+    ] = None,
+    whole_domain: Annotated[
+        str | None, typer.Option(help="FILE.npy: boolean mask of features free over their whole domain.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="FILE.npy: per-feature weights (>= 0) of the objective.")
+    ] = None,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform.certify.settings import CertifyConfig
@@ -134,6 +157,9 @@ def certify(
         method=method, asymmetric=asymmetric, clip=clip, per_logit=per_logit, iterations=iterations,
         shape_steps=shape_steps, batch_size=batch_size, seed=seed, bab=bab, bab_time=bab_time,
         joint_slopes=joint_slopes, alpha_steps=alpha_steps, alpha_steps_check=alpha_steps_check,
+        objective=objective, floor=floor, groups=parse_groups(groups),
+        frozen=feature_array(frozen, "--frozen"), whole=feature_array(whole_domain, "--whole-domain"),
+        weights=feature_array(weights, "--weights"),
     )  # fmt: skip
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     config = with_domain(CertifyConfig.build(config, device=str(dev)), card)

@@ -46,6 +46,7 @@ from .optimiser import optimise, polish, shaped_start
 from .problem import MIN_RADIUS, Problem, domain_tensors, radii
 from .result import BoxesFileError, CertifiedBoxes
 from .settings import UNIT_DOMAIN, CertifyConfig, solver_defaults
+from .shapes import BoxShape, floor_fraction
 
 
 def certify_boxes(
@@ -164,6 +165,11 @@ def check_inputs_fit(
             f"{float(x_all.min()):.3g}, max {float(x_all.max()):.3g}); give a domain that contains the "
             "data (--domain LO,HI / domain=(lo, hi)) or turn clipping off (--no-clip / clip=False)"
         )
+    shape = BoxShape.build(cfg, x_all[:1])  # group maps and masks must fit one input
+    if not bool((lo_d < hi_d)[~shape.frozen & ~shape.whole].any()):
+        raise ValueError(
+            "no feature is left to certify: every feature is frozen, whole-domain or fixed by the domain"
+        )
     y_all = None if labels is None else torch.as_tensor(labels).long().to(device)
     if y_all is not None and y_all.shape != x_all.shape[:1]:
         raise ValueError(f"{len(y_all)} labels for {len(x_all)} inputs")
@@ -217,6 +223,10 @@ def _certify_batch(
         lo_, hi_, ok_, m_, scale = finalise(p, check_bm, r, r, has_u)
         u_lo[has_u], u_hi[has_u], u_ok[has_u], margin[has_u] = lo_, hi_, ok_, m_
         r_u[has_u] = r_u[has_u] * scale
+    set_floors(p, r_u, u_ok)
+    below = u_ok & (r_u < cfg.floor)  # not even the floor's uniform box is certified: no box is
+    u_ok &= ~below
+    u_lo[below], u_hi[below], margin[below] = x0[below], x0[below], float("nan")
     with torch.no_grad():
         u_lv = p.mean_log_width(u_lo, u_hi) * p.n_free
 
@@ -233,7 +243,9 @@ def _certify_batch(
         step_share = (0.8 - al_share) / max(warm.cfg.shape_steps, 1)
         shaped = shaped_start(warm, start, rho0[start], on_step=lambda: tick(step_share))
         with torch.no_grad():
-            gain = p.mean_log_width(*p.box(*radii(p, shaped), x0[start])) > u_lv[start] / max(p.n_free, 1)
+            gain = p.mean_log_width(*p.box(*radii(p, shaped, start), x0[start])) > u_lv[start] / max(
+                p.n_free, 1
+            )
         rho0[start[gain]] = shaped[gain]
         if warm is not p:
             crown_shape = rho0.clone()
@@ -250,11 +262,13 @@ def _certify_batch(
             last = (last_rho[opt_idx],) if cfg.iterations else ()
             last += (crown_shape[opt_idx],) if crown_shape is not None else ()
             best_rho[opt_idx] = polish(p, opt_idx, best_rho[opt_idx], *last)
-        r_lo, r_hi = radii(p, best_rho[opt_idx])
-        lo_, hi_, ok_, m_, _ = finalise(p, check_bm, r_lo, r_hi, opt_idx)
+        r_lo, r_hi = radii(p, best_rho[opt_idx], opt_idx)
+        lo_, hi_, ok_, m_, applied = finalise(p, check_bm, r_lo, r_hi, opt_idx)
         with torch.no_grad():
             lv = p.mean_log_width(lo_, hi_) * p.n_free
         take = ok_ & (lv > u_lv[opt_idx])
+        if p.shape.floors:  # a box the final proof had to shrink may have lost its floor
+            take &= applied >= 1
         sel = take.reshape(shape)
         lower[opt_idx] = torch.where(sel, lo_, u_lo[opt_idx])
         upper[opt_idx] = torch.where(sel, hi_, u_hi[opt_idx])
@@ -299,11 +313,24 @@ def _certify_batch(
     )
 
 
+def set_floors(p: Problem, r_u: Tensor, ok: Tensor) -> None:
+    """The radius floor of every sample whose uniform box is certified: the larger of the
+    absolute ``floor`` and the objective's fraction of the uniform radius (see
+    :mod:`~nonuniform.certify.shapes`). The uniform box meets it whenever ``floor <= r_u``."""
+    frac = floor_fraction(p.cfg.objective)
+    if frac == 0 and p.cfg.floor == 0:
+        return
+    floor = torch.clamp(frac * r_u, min=max(p.cfg.floor, MIN_RADIUS))
+    p.shape.log_floor = torch.where(ok, floor.log(), torch.full_like(floor, -math.inf))
+
+
 def crown_problem(p: Problem) -> Problem:
     """The same batch under CROWN with CROWN's solver defaults (alpha-crown's warm start)."""
     cfg = replace(p.cfg, method="crown", alpha_steps=None, alpha_steps_check=None, joint_slopes=None)
     cfg = replace(cfg, **{k: v for k, v in solver_defaults("crown").items() if k == "shape_steps"})
-    return Problem(p.bm, p.x0, p.spec, cfg)
+    q = Problem(p.bm, p.x0, p.spec, cfg)
+    q.shape = p.shape  # the same floors (set on p once the uniform radii are known)
+    return q
 
 
 def _affordable_batch(bm: BoundedModel, batch_size: int, device: torch.device) -> int:

@@ -50,7 +50,7 @@ def largest_scale(
     def slack(t: Tensor, sel: Tensor) -> Tensor:  # min margin bound - delta (>= 0: certified)
         rho = (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape[sel]).clamp(p.log_min, p.log_max)
         with torch.no_grad():
-            lo, hi = p.box(*radii(p, rho), x0[sel])
+            lo, hi = p.box(*radii(p, rho, idx[sel]), x0[sel])
             return (
                 p.margins(lo, hi, spec[sel], method=method, **start_slopes(p, idx[sel])).min(1).values
                 - cfg.delta

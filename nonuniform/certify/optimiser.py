@@ -26,7 +26,7 @@ def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor, on_step: Callable[[], N
     """
     rho = rho_u.clone().requires_grad_(True)
     with torch.enable_grad():
-        lo, hi = p.box(*radii(p, rho), p.x0[idx])
+        lo, hi = p.box(*radii(p, rho, idx), p.x0[idx])
         worst = p.margins(lo, hi, p.spec[idx]).min(1).values
         (grad,) = torch.autograd.grad(worst.sum(), rho)
     # d bound / d log r = r * d bound / d r, so s_i = -grad_i / r_i.
@@ -72,14 +72,14 @@ def balance(p: Problem, idx: Tensor, rho: Tensor, on_step: Callable[[], None] | 
 
     def width(r: Tensor, sel: Tensor) -> Tensor:
         with torch.no_grad():
-            return p.mean_log_width(*p.box(*radii(p, r), p.x0[idx[sel]]))
+            return p.mean_log_width(*p.box(*radii(p, r, idx[sel]), p.x0[idx[sel]]))
 
     for _ in range(cfg.shape_steps):
         if len(act) == 0:
             break
         r = rho[act].clone().requires_grad_(True)
         with torch.enable_grad():
-            lo, hi = p.box(*radii(p, r), p.x0[idx[act]])
+            lo, hi = p.box(*radii(p, r, idx[act]), p.x0[idx[act]])
             worst = p.margins(lo, hi, p.spec[idx[act]]).min(1).values
             obj = p.mean_log_width(lo, hi)
             (loss_grad,) = torch.autograd.grad(worst.sum(), r, retain_graph=True)
@@ -159,7 +159,7 @@ def optimise(
         rho_a = rho[idx].clone().requires_grad_(True)
         s_a = slopes.select(idx).map(torch.Tensor.requires_grad_) if slopes else None
         with torch.enable_grad():
-            lo, hi = p.box(*radii(p, rho_a), p.x0[idx])
+            lo, hi = p.box(*radii(p, rho_a, idx), p.x0[idx])
             g = p.margins(lo, hi, p.spec[idx], slopes=s_a) - cfg.delta  # (A, n_con), feasible when >= 0
             obj = p.mean_log_width(lo, hi)
             mu_a, lam_a = mu[idx, None], lam[idx]
@@ -229,7 +229,7 @@ def polish(p: Problem, idx: Tensor, *candidates: Tensor) -> Tensor:
     scaled = (shapes + torch.where(ok, t, zero).reshape(one)).clamp(p.log_min, p.log_max)
     with torch.no_grad():
         x0 = p.x0[idx].repeat((k,) + (1,) * (p.x0.dim() - 1))
-        width = p.mean_log_width(*p.box(*radii(p, scaled), x0))
+        width = p.mean_log_width(*p.box(*radii(p, scaled, idx.repeat(k)), x0))
     width = torch.where(ok, width, torch.full_like(width, -math.inf)).reshape(k, n)
     best = width.argmax(0)
     out = scaled.reshape(k, n, *shapes.shape[1:])[best, torch.arange(n, device=shapes.device)]

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..engine.bounds import BoundedModel
 from .settings import UNIT_DOMAIN, CertifyConfig
+from .shapes import BoxShape
 
 #: Radii are kept in [MIN_RADIUS, MAX_RADIUS_FACTOR * domain span]: keeps log-radii finite.
 MIN_RADIUS = 1e-7
@@ -49,8 +50,13 @@ class Problem:
     def __init__(self, bm: BoundedModel, x0: Tensor, spec: Tensor, cfg: CertifyConfig):
         self.bm, self.x0, self.spec, self.cfg = bm, x0, spec, cfg
         self.dl, self.du = domain_tensors(UNIT_DOMAIN if cfg.domain is None else cfg.domain, x0[0])
-        self.free = (self.du > self.dl) if cfg.clip else torch.ones_like(self.dl, dtype=torch.bool)
+        self.shape = BoxShape.build(cfg, x0)
+        # Features the objective and the reported volume count: those whose box can have a width
+        # of its own (not a point domain, not frozen, not fixed to the whole domain).
+        free = (self.du > self.dl) if cfg.clip else torch.ones_like(self.dl, dtype=torch.bool)
+        self.free = free & ~self.shape.frozen & ~self.shape.whole
         self.n_free = int(self.free.sum())
+        self._w = self.shape.weight.flatten()[self.free.flatten()]
         span = float((self.du - self.dl).max())
         span = span if span > 0 else 1.0
         self.log_min, self.log_max = math.log(MIN_RADIUS), math.log(MAX_RADIUS_FACTOR * span)
@@ -62,11 +68,15 @@ class Problem:
         lo, hi = x0 - r_lo, x0 + r_hi
         if self.cfg.clip:
             lo, hi = torch.maximum(lo, self.dl), torch.minimum(hi, self.du)
-        return lo, hi
+        return self.shape.apply(lo, hi, x0, self.dl, self.du)
 
     def mean_log_width(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """The objective: the (weighted) mean log-width over the counted features."""
         width = (hi - lo).flatten(1)[:, self.free.flatten()]
-        return torch.log(width.clamp(min=1e-30)).mean(1)
+        logs = torch.log(width.clamp(min=1e-30))
+        if self.cfg.weights is None:
+            return logs.mean(1)
+        return (logs * self._w).sum(1) / self._w.sum().clamp(min=1e-30)
 
     def margins(
         self,
@@ -98,6 +108,8 @@ class Problem:
         return lb
 
 
-def radii(p: Problem, rho: Tensor) -> tuple[Tensor, Tensor]:
-    r = rho.exp()
+def radii(p: Problem, rho: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Radii below and above ``x0`` of log-radii ``rho`` of the samples ``idx`` (None: all), with
+    the problem's box shape (tied groups, floors) applied."""
+    r = p.shape.radii(rho, idx).exp()
     return (r[:, 0], r[:, 1]) if p.cfg.asymmetric else (r, r)

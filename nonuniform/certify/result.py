@@ -92,6 +92,28 @@ class CertifiedBoxes:
     def uniform_mean_log_radius(self) -> np.ndarray:
         return self.uniform_log_volume / max(self.n_free, 1) - math.log(2)
 
+    def linf_radius(self) -> np.ndarray:
+        """Per sample, the largest ``a`` such that every point of the domain within l-inf
+        distance ``a`` of the input lies in the box: the smallest radius over the counted
+        features' sides that do not reach the domain's end (the box's apothem as a threat model:
+        ``objective="apothem"`` maximises it first). 0 where not certified."""
+        import torch
+
+        from .problem import domain_tensors
+
+        domain = self.settings.get("domain") or (0.0, 1.0)
+        dl, du = (
+            t.numpy() for t in domain_tensors(domain, torch.as_tensor(self.inputs[0], dtype=torch.float64))
+        )
+        keep = self.free.reshape(-1)
+        flat = lambda a: a.reshape(len(self), -1)[:, keep]  # noqa: E731
+        x, lo, hi = flat(self.inputs), flat(self.lower), flat(self.upper)
+        dl, du = dl.reshape(-1)[keep], du.reshape(-1)[keep]
+        down = np.where(lo > dl, x - lo, np.inf)
+        up = np.where(hi < du, hi - x, np.inf)
+        a = np.minimum(down, up).min(1) if keep.any() else np.zeros(len(self))
+        return np.where(self.certified, np.where(np.isfinite(a), a, 0.0), 0.0)
+
     @property
     def volume_gain(self) -> np.ndarray:
         """log-volume(non-uniform) - log-volume(uniform), in nats (>= 0 where certified)."""

@@ -14,12 +14,14 @@ it, value ranges, the domain and which options go together.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from ..engine.methods import METHODS, Method
+from .shapes import floor_fraction
 
 #: The domain of a bare module when none is given: pixels in [0, 1].
 UNIT_DOMAIN = (0.0, 1.0)
@@ -103,6 +105,16 @@ class CertifyConfig:
     # CROWN on some images: the AL iterations alone do not reach what the balancing steps find).
     crown_start: bool = box(True)
     alpha_lr: float = box(0.1)
+    # Box shapes (certify/shapes.py): one radius per group ("channel", "time", "patch:HxW" or an
+    # integer map shaped like one input); frozen features (radius 0) and whole-domain features
+    # (boolean masks shaped like one input); per-feature objective weights; radius floors: an
+    # absolute `floor` and the objective's (apothem: the best uniform radius; blend:B a fraction B).
+    groups: Any = box(None)
+    frozen: Any = box(None)
+    whole: Any = box(None)
+    weights: Any = box(None)
+    floor: float = box(0.0)
+    objective: str = box("volume")
     # Samples whose optimisation shares a seed; the optimiser itself draws no random numbers.
     seed: int = box(0)
     batch_size: int = run(25)  # samples optimised together (independent of each other)
@@ -148,6 +160,15 @@ class CertifyConfig:
             raise ValueError("`bab` proves its leaves in float64: keep `check_dtype` float64")
         if self.domain is not None:
             self.domain = normalise_domain(self.domain)
+        floor_fraction(self.objective)  # validates
+        if not (math.isfinite(float(self.floor)) and float(self.floor) >= 0):
+            raise ValueError(f"`floor` must be a radius >= 0, got {self.floor}")
+        self.floor = float(self.floor)
+        if self.groups is not None and not isinstance(self.groups, str):
+            self.groups = _as_list(self.groups, np.int64, "groups")
+        for name, dtype in (("frozen", bool), ("whole", bool), ("weights", np.float64)):
+            if getattr(self, name) is not None:
+                setattr(self, name, _as_list(getattr(self, name), dtype, name))
 
     # -- what identifies a box, and the round trip through JSON -------------------------------
     def identity(self) -> dict[str, Any]:
@@ -193,6 +214,17 @@ class CertifyConfig:
                 values[key] = None
         values.update(overrides)
         return cls(**values)
+
+
+def _as_list(values, dtype, name: str) -> list:
+    """An array-like as nested lists of ``dtype`` (JSON-safe, so it is part of the identity)."""
+    arr = np.asarray(getattr(values, "detach", lambda: values)())
+    if dtype is bool and arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"`{name}` must be a boolean mask (0/1 values)")
+    elif dtype is np.int64 and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"`{name}` must hold integers (group ids), got {arr.dtype}")
+    return arr.astype(dtype).tolist()
 
 
 def normalise_domain(domain) -> tuple:

@@ -44,6 +44,12 @@ CHANGED = {
     "joint_slopes": False,
     "crown_start": False,
     "alpha_lr": 0.2,
+    "groups": "patch:4x4",
+    "frozen": np.eye(28, dtype=bool)[None],
+    "whole": np.eye(28, dtype=bool)[None, ::-1],
+    "weights": np.full((1, 28, 28), 2.0),
+    "floor": 1e-4,
+    "objective": "apothem",
     "seed": 1,
 }
 #: alpha-CROWN-only fields are compared on an alpha-crown run
