@@ -59,10 +59,17 @@ def user_errors(fn):
             IsADirectoryError,
             NotADirectoryError,
         ) as e:
-            typer.echo(f"error: {one_line(e)}", err=True)
+            typer.echo(f"error: {flag_names(one_line(e))}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def flag_names(message: str) -> str:
+    """The library names settings as `field`; on the command line they are flags."""
+    from .options import FLAGS
+
+    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m.group(1), m.group(0)), message)
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:

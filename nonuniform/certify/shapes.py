@@ -49,7 +49,7 @@ def floor_fraction(objective: str) -> float:
             b = math.nan
         if 0.0 < b <= 1.0:
             return b
-    raise ValueError(f"objective must be volume, apothem or blend:B with 0 < B <= 1, got {objective!r}")
+    raise ValueError(f"`objective` must be volume, apothem or blend:B with 0 < B <= 1, got {objective!r}")
 
 
 def group_map(spec, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -59,7 +59,7 @@ def group_map(spec, input_shape: tuple[int, ...]) -> np.ndarray:
         if spec in ("channel", "time"):
             if len(shape) < 2:
                 raise ValueError(
-                    f"groups={spec!r} needs inputs with at least two axes (the first is the "
+                    f"`groups` {spec} needs inputs with at least two axes (the first is the "
                     f"{spec} axis); these inputs have shape {shape}"
                 )
             ids = np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))
@@ -69,13 +69,13 @@ def group_map(spec, input_shape: tuple[int, ...]) -> np.ndarray:
             ph, pw = int(m.group(1)), int(m.group(2))
             if len(shape) < 2 or ph < 1 or pw < 1:
                 raise ValueError(
-                    f"groups={spec!r} needs image inputs (C, H, W) and sizes >= 1; shape {shape}"
+                    f"`groups` {spec} needs image inputs (C, H, W) and sizes >= 1; shape {shape}"
                 )
             h, w = shape[-2:]
             rows, cols = np.arange(h) // ph, np.arange(w) // pw
             ids = rows[:, None] * (-(-w // pw)) + cols[None, :]
             return np.broadcast_to(ids, shape).copy()
-        raise ValueError(f"groups must be channel, time, patch:HxW or an integer map, got {spec!r}")
+        raise ValueError(f"`groups` must be channel, time, patch:HxW or an integer map, got {spec!r}")
     arr = np.asarray(spec)
     if arr.size != math.prod(shape) or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(
@@ -130,7 +130,7 @@ class BoxShape:
             w = np.asarray(cfg.weights, dtype=np.float64)
             if w.size != like.numel() or not np.isfinite(w).all() or (w < 0).any():
                 raise ValueError(
-                    f"weights must be {like.numel()} finite values >= 0 (one input of shape {shape})"
+                    f"`weights` must be {like.numel()} finite values >= 0 (one input of shape {shape})"
                 )
             weight = torch.as_tensor(w.reshape(shape), dtype=x0.dtype, device=x0.device)
         log_floor = torch.full((len(x0),), -math.inf, dtype=x0.dtype, device=x0.device)

@@ -288,6 +288,8 @@ def make_more_files(d):
         lstm = nn.LSTM(4, 3, batch_first=True)
         torch.onnx.export(lstm, torch.zeros(1, 5, 4), str(d / "lstm.onnx"), dynamo=False)
     (d / "outdir").mkdir()
+    np.save(d / "short.npy", np.ones(5, dtype=bool))
+    np.save(d / "floats.npy", np.zeros((1, 28, 28)))
     return d
 
 
@@ -321,6 +323,19 @@ MORE_CASES = [
     (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--timeout", "0"], "--timeout must be a positive"),
     (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--timeout", "-3"], "--timeout must be a positive"),
     (["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--out", "{d}/outdir"], "is a directory"),
+    (["certify", "mnist-mlp", "--out", "{d}/s1", "--objective", "biggest"], "--objective must be volume"),
+    (["certify", "mnist-mlp", "--out", "{d}/s2", "--groups", "patch:0x3"], "--groups patch:0x3 needs"),
+    (["certify", "mnist-mlp", "--out", "{d}/s3", "--frozen", "{d}/missing.npy"], "no such file"),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/s4", "--frozen", "{d}/short.npy"],
+        "the frozen mask has 5 values",
+    ),
+    (
+        ["certify", "mnist-mlp", "--out", "{d}/s5", "--groups", "{d}/floats.npy"],
+        "--groups must hold integers",
+    ),
+    (["certify", "mnist-mlp", "--out", "{d}/s6", "--floor", "-1"], "--floor must be a radius >= 0"),
+    (["certify", "mnist-mlp", "--out", "{d}/s7", "--weights", "{d}/short.npy"], "--weights must be 784"),
 ]
 
 
