@@ -71,11 +71,13 @@ def objectives(n: int) -> list[str]:
             if objective == "volume":
                 rows.append(
                     f"| {name} | uniform box | {s['certified']}/{len(x)} | "
-                    f"{float(np.mean(res.uniform_radius[c] / 2)):.4f} | {float(np.mean(res.uniform_radius[c])):.4f} "
+                    f"{float(np.mean(res.uniform_radius[c] / 2)):.4f} | "
+                    f"{float(np.mean(res.uniform_radius[c])):.4f} "
                     f"| {s['uniform_mean_log_radius']:.3f} | - | - |"
                 )
             rows.append(
-                f"| {name} | {objective} | {s['certified']}/{len(x)} | {s['mean_apothem']:.4f} | {linf:.4f} | "
+                f"| {name} | {objective} | {s['certified']}/{len(x)} | {s['mean_apothem']:.4f} | "
+                f"{linf:.4f} | "
                 f"{s['mean_log_radius']:.3f} | {sec:.2f} | {'ok' if ok else '**FAILED**'} |"
             )
             print(rows[-1], flush=True)
