@@ -70,6 +70,27 @@ def _flat_figure(res: CertifiedBoxes, i: int, title: str, path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def _group_image(res: CertifiedBoxes) -> np.ndarray | None:
+    """The run's group map as an (H, W) id image when groups vary across the picture (patches,
+    a given map), else None (no groups, or one group per channel or time step)."""
+    spec = (res.settings or {}).get("groups")
+    if spec is None or spec in ("channel", "time"):
+        return None
+    from ..certify.shapes import group_map
+
+    ids = _chw(group_map(spec, tuple(res.inputs.shape[1:])))
+    return None if ids is None else ids[0]
+
+
+def _outline_groups(ax, ids: np.ndarray) -> None:
+    """Thin lines between neighbouring pixels of different groups."""
+    from matplotlib.collections import LineCollection
+
+    segs = [((j + 0.5, i - 0.5), (j + 0.5, i + 0.5)) for i, j in zip(*np.nonzero(ids[:, 1:] != ids[:, :-1]))]
+    segs += [((j - 0.5, i + 0.5), (j + 0.5, i + 0.5)) for i, j in zip(*np.nonzero(ids[1:, :] != ids[:-1, :]))]
+    ax.add_collection(LineCollection(segs, colors="#2a9d8f", linewidths=0.6))
+
+
 def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=None) -> None:
     """Input, lower and upper radius maps, and the box's most extreme allowed perturbation (a bar
     chart of the certified intervals for flat inputs)."""
@@ -100,12 +121,15 @@ def sample_figure(res: CertifiedBoxes, i: int, path: str | Path, class_names=Non
         (_image(r_hi), "radius above (upper - x0)", "magma", 0, vmax),
         (_image(vertex, colour), "a vertex of the box", "gray", x_lo, x_hi),
     ]
+    groups = _group_image(res)
     for ax, (img, panel_title, cmap, vmin, vm) in zip(axes, panels):
         im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vm) if img.ndim == 2 else ax.imshow(img)
         ax.set_title(panel_title, fontsize=9)
         ax.axis("off")
         if cmap == "magma":
             fig.colorbar(im, ax=ax, fraction=0.046)
+            if groups is not None and groups.shape == img.shape[:2]:
+                _outline_groups(ax, groups)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -46,3 +46,26 @@ def test_figures_draw_every_layout_without_clipping(shape, lo, hi, tmp_path, cap
         overview_figure(res, tmp_path / "o.png")
     assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "o.png").stat().st_size > 1000
     assert not [r for r in caplog.records if "Clipping" in r.getMessage()]
+
+
+def test_group_outlines_follow_the_run_groups():
+    """Patch groups are outlined on the radius panels (one line per patch border); channel groups,
+    which do not vary across the picture, are not."""
+    from nonuniform.report.plots import _group_image
+
+    res = boxes_for((1, 8, 8))
+    res.settings = {"groups": "patch:4x4"}
+    ids = _group_image(res)
+    assert ids.shape == (8, 8) and len(np.unique(ids)) == 4
+    res.settings = {"groups": "channel"}
+    assert _group_image(res) is None
+    res.settings = {"groups": [[[0] * 4 + [1] * 4] * 8]}  # a given map: left and right halves
+    assert len(np.unique(_group_image(res))) == 2
+    from matplotlib.figure import Figure
+
+    from nonuniform.report.plots import _outline_groups
+
+    ax = Figure().subplots()
+    _outline_groups(ax, _group_image(res))
+    (lines,) = ax.collections
+    assert len(lines.get_segments()) == 8  # the border between the halves, one segment per row
