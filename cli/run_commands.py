@@ -248,6 +248,11 @@ def verify(
         check_seconds(bab_time=bab_time)
     if not boxes.exists():
         raise UserError(f"{boxes}: file not found")
+    from nonuniform.analysis.sufficient import is_explanations_file
+
+    if is_explanations_file(boxes):
+        verify_explanation_file(boxes, model, attack_restarts, json_out)
+        return
     res = CertifiedBoxes.load(boxes)
     rec = res.settings.get("model", {})
     if model is None:
@@ -288,6 +293,29 @@ def verify(
         )
         out_console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
     if not report.ok:
+        raise typer.Exit(1)
+
+
+def verify_explanation_file(path: Path, model: str | None, attack_restarts: int, json_out: bool) -> None:
+    """``verify certified.npz``: re-prove stored certified explanations (see verify_explanations)."""
+    from nonuniform.analysis.sufficient import Explanations, verify_explanations
+
+    expl = Explanations.load(path)
+    model = model or expl.settings.get("model", {}).get("source", "")
+    if not model:
+        raise UserError(f"{path} does not record its model; pass MODEL explicitly")
+    net, _, _ = resolve_model(model, "cpu")
+    report = verify_explanations(net, expl, attack_restarts=attack_restarts)
+    if json_out:
+        out_console.print_json(json.dumps(report))
+    else:
+        out_console.print(
+            f"{report['proved']} certified explanations re-proved in float64: bound failures "
+            f"{len(report['bound_failures'])}, attack counterexamples {len(report['attack_failures'])}; "
+            f"{report['witnesses']} witnesses, {len(report['bad_witnesses'])} not confirmed by a forward pass"
+        )
+        out_console.print("[green]OK[/]" if report["ok"] else "[bold red]FAILED[/]")
+    if not report["ok"]:
         raise typer.Exit(1)
 
 
