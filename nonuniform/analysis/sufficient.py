@@ -8,11 +8,12 @@ the whole domain -- and S is subset-minimal: freeing any one more feature loses 
 
 S is built by traversing the features in an order and freeing as many as the proof allows
 (VeriX, NeurIPS 2023, frees one feature per verifier call). Here the order comes from a certified
-box: the features with the largest certified radii are freed first (they are the ones the
-prediction depends on least), and freeing is *galloping*: a chunk of the next features is freed
-in one bound call, the chunk doubles after a success and halves after a failure, so a 784-pixel
-image needs about ``|S| log(n / |S|)`` calls instead of 784. Every sample of a batch advances
-one step per batched bound call (a sample's steps never depend on its batch-mates).
+box: the features with the largest certified radii (before clipping at the domain) are freed
+first -- the prediction depends on them least -- and freeing is *galloping*: a chunk of the next
+features is freed in one bound call, the chunk doubles after a success and halves after a
+failure, so a 784-pixel image needs about ``|S| log(n / |S|)`` calls instead of 784. Every
+sample of a batch advances one step per batched bound call (a sample's steps never depend on
+its batch-mates).
 
 A *contrastive* companion: the smallest prefix T of S (least robust first) for which PGD with
 restarts, moving only T within its range, finds an input predicted otherwise -- checked by a
@@ -117,9 +118,11 @@ class _Search:
     pos: Tensor  # (N,) next position in the order
     chunk: Tensor  # (N,) current chunk size
     calls: Tensor  # (N,)
+    limit: Tensor | None = None  # (N,) positions past it are not offered (default: all)
 
     def active(self) -> Tensor:
-        return self.pos < self.order.shape[1]
+        end = self.order.shape[1] if self.limit is None else self.limit
+        return self.pos < end
 
     def proposal(self, idx: Tensor) -> Tensor:
         """Freed masks of samples ``idx`` with their next chunk freed too: (len(idx), n)."""
@@ -127,6 +130,8 @@ class _Search:
         ranks = torch.arange(n, device=self.order.device)[None, :]
         start, size = self.pos[idx, None], self.chunk[idx, None]
         in_chunk = (ranks >= start) & (ranks < start + size)
+        if self.limit is not None:
+            in_chunk &= ranks < self.limit[idx, None]
         mask = self.freed[idx].clone()
         mask.scatter_(1, self.order[idx], in_chunk | mask.gather(1, self.order[idx]))
         return mask
@@ -219,12 +224,8 @@ class CertifiedExplainer:
                 lb, _ = bm.bounds(lo, hi, spec[rows], self.method, bound_upper=False)
             return lb.min(1).values > SEARCH_DELTA
 
-        # The point itself must be proved (a point box: its own prediction, up to rounding).
-        while bool(search.active().any()):
-            idx = search.active().nonzero().squeeze(1)
-            prop = search.proposal(idx)
-            search.update(idx, prop, proved(prop, idx))
-        minimal = self._minimise(search, proved, b, n)
+        _traverse(search, proved)
+        minimal = self._minimise(search, proved, b)
         freed = search.freed
         lo, hi = region(freed, torch.arange(b, device=x0.device))
         with torch.no_grad():
@@ -254,26 +255,32 @@ class CertifiedExplainer:
         noise = torch.rand(b, n, generator=gen).to(x0.device) * 1e-9  # seeded tie-break
         if order == "random":
             return torch.argsort(torch.rand(b, n, generator=gen).to(x0.device), 1)
-        if order == "box":  # most robust (largest certified radius) first
-            return torch.argsort(-(radii.reshape(b, n).to(x0.device) + noise), 1)
         xg = x0.clone().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(xg)
             top = logits.gather(1, preds[:, None]).squeeze(1)
             other = logits.masked_fill(torch.nn.functional.one_hot(preds, logits.shape[1]).bool(), -math.inf)
             (g,) = torch.autograd.grad((top - other.max(1).values).sum(), xg)
-        return torch.argsort(g.abs().reshape(b, n) + noise, 1)  # least sensitive first
+        sensitivity = torch.argsort(g.abs().reshape(b, n) + noise, 1)  # least sensitive first
+        if order == "sensitivity":
+            return sensitivity
+        # box: most robust (largest certified radius) first; equal radii (a uniform box, when the
+        # non-uniform optimisation did not beat it) fall back to the sensitivity order
+        s_rank = torch.empty_like(sensitivity)
+        s_rank.scatter_(1, sensitivity, torch.arange(n, device=x0.device).expand(b, -1))
+        log_r = torch.log(radii.reshape(b, n).to(x0.device, torch.float64).clamp(min=1e-30))
+        key = -torch.round(log_r * 1e4) + s_rank.double() / n
+        return torch.argsort(key, 1)
 
-    def _minimise(self, search: _Search, proved, b: int, n: int) -> Tensor:
-        """Test every feature of S alone on top of the freed set; free the ones that pass (rare:
-        a bound is not monotone in the box) and test again. Returns per sample whether S is
-        minimal (every feature tested and refused)."""
+    def _minimise(self, search: _Search, proved, b: int, rounds: int = 10) -> Tensor:
+        """Test every feature of S alone on top of the freed set. Bounds are not monotone in the
+        box, so a feature can pass although the traversal refused it with fewer features free:
+        then the sample traverses its S again (passing features first, chunks from 1) and is
+        tested again. Returns per sample whether S is minimal (every feature tested, refused)."""
         minimal = torch.zeros(b, dtype=torch.bool, device=search.freed.device)
-        for _ in range(3):
-            pairs = (~search.freed).nonzero()  # (sample, feature) candidates
-            if len(pairs) == 0:
-                minimal[:] = True
-                break
+        open_ = torch.ones_like(minimal)
+        for _ in range(rounds):
+            pairs = (~search.freed & open_[:, None]).nonzero()  # (sample, feature) candidates
             passed = torch.zeros(len(pairs), dtype=torch.bool, device=pairs.device)
             for s in range(0, len(pairs), 256):
                 rows, feats = pairs[s : s + 256, 0], pairs[s : s + 256, 1]
@@ -281,12 +288,31 @@ class CertifiedExplainer:
                 mask[torch.arange(len(rows)), feats] = True
                 passed[s : s + 256] = proved(mask, rows)
                 search.calls.index_add_(0, rows, torch.ones_like(rows))
-            if not passed.any():
-                minimal[:] = True
+            again = torch.zeros_like(minimal)
+            again[pairs[passed, 0]] = True
+            minimal |= open_ & ~again
+            open_ &= again
+            if not open_.any():
                 break
-            for r, f in pairs[passed].tolist():
-                search.freed[r, f] = True  # one at a time could interact: re-test the rest
-                break
+            # re-traverse S of those samples: passing features first, then the rest of S
+            first = torch.zeros_like(search.freed)
+            first[pairs[passed, 0], pairs[passed, 1]] = True
+            rank = torch.empty_like(search.order)
+            rank.scatter_(
+                1, search.order, torch.arange(search.order.shape[1], device=rank.device).expand_as(rank)
+            )
+            key = (
+                rank
+                + search.order.shape[1] * (~first).long()
+                + 2 * search.order.shape[1] * search.freed.long()
+            )
+            idx = open_.nonzero().squeeze(1)
+            search.order[idx] = torch.argsort(key[idx], 1)
+            search.limit = torch.where(open_, (~search.freed).sum(1), torch.zeros_like(search.pos))
+            search.pos[:] = 0
+            search.chunk[:] = 1
+            _traverse(search, proved)
+            search.limit = None
         return minimal
 
     def _witnesses(self, x0, preds, sets, lo_f, hi_f, radii, seed) -> tuple[Tensor, Tensor, Tensor]:
@@ -343,6 +369,14 @@ class CertifiedExplainer:
         return ranks.to(x0.dtype)  # larger = more sensitive
 
 
+def _traverse(search: _Search, proved) -> None:
+    """Galloping: every active sample offers its next chunk; one batched bound call per step."""
+    while bool(search.active().any()):
+        idx = search.active().nonzero().squeeze(1)
+        prop = search.proposal(idx)
+        search.update(idx, prop, proved(prop, idx))
+
+
 def _predictions(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Predicted classes in float32 and in float64 (on a copy: the caller's model is untouched)."""
     with torch.no_grad():
@@ -352,8 +386,11 @@ def _predictions(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _box_radii(boxes, sl: slice) -> Tensor:
-    r = (np.asarray(boxes.upper[sl]) - np.asarray(boxes.lower[sl])) / 2
-    return torch.as_tensor(r, dtype=torch.float32)
+    """Each feature's certified radius before clipping at the domain: the larger of its two
+    sides (a pixel at 0 has a clipped lower side; its upper side is its radius). Ranking by the
+    clipped half-width instead made explanations 9-10% larger on the MNIST and Fashion MLPs."""
+    x, lo, hi = (np.asarray(a[sl]) for a in (boxes.inputs, boxes.lower, boxes.upper))
+    return torch.as_tensor(np.maximum(x - lo, hi - x), dtype=torch.float32)
 
 
 def _jsonable(domain):

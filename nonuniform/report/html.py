@@ -104,13 +104,14 @@ def _extras(run_dir: Path) -> list[dict]:
     if verify.exists():
         out.append({"id": "verify", "title": "verify", "rows": _rows(verify), "images": []})
     sections = (
-        ("rank", "rank: feature robustness and similarity", "ranking.json"),
-        ("explain", "explain: explanation sets and their evaluation", "explain.json"),
+        ("rank", "rank: feature robustness and similarity", ("ranking.json",)),
+        # explain --certified writes certified.json and certified.png (S on each image)
+        ("explain", "explain: explanation sets and their evaluation", ("explain.json", "certified.json")),
     )
-    for sub, title, report in sections:
+    for sub, title, reports in sections:
         d = run_dir / sub
         if d.is_dir():
-            rows = _rows(d / report) if (d / report).exists() else []
+            rows = [row for report in reports if (d / report).exists() for row in _rows(d / report)]
             images = [(p.stem.replace("_", " "), _file_png(p)) for p in sorted(d.glob("*.png"))]
             out.append({"id": sub, "title": title, "rows": rows, "images": images})
     return out

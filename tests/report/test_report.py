@@ -31,6 +31,8 @@ def run_dir(tmp_path_factory):
     assert res.exit_code == 0, res.output
     assert runner.invoke(app, ["verify", str(out / "boxes.npz"), "--attack-restarts", "1"]).exit_code == 0
     assert runner.invoke(app, ["rank", str(out / "boxes.npz"), "--out", str(out / "rank")]).exit_code == 0
+    expl = ["explain", str(out / "boxes.npz"), "--out", str(out / "explain"), "--certified", "--eps", "0.02"]
+    assert runner.invoke(app, expl).exit_code == 0
     runner.invoke(app, ["report", str(out)])
     return out
 
@@ -45,6 +47,7 @@ def test_report_is_self_contained_and_complete(run_dir):
     assert summary["model"]["sha256"] in html and "torch " + torch.__version__ in html
     assert html.count("<tr class=") == 4  # the sortable table has every sample
     assert 'id="verify"' in html and 'id="rank"' in html and "data:image/png;base64," in html
+    assert 'id="explain"' in html and "per_sample[0].minimal" in html  # certified explanations
 
 
 def _report_for(model, x, tmp_path, name: str):
