@@ -264,13 +264,15 @@ class CertifiedExplainer:
         sensitivity = torch.argsort(g.abs().reshape(b, n) + noise, 1)  # least sensitive first
         if order == "sensitivity":
             return sensitivity
-        # box: most robust (largest certified radius) first; equal radii (a uniform box, when the
-        # non-uniform optimisation did not beat it) fall back to the sensitivity order
+        # box: most robust (largest certified radius) first. A uniform box (the non-uniform
+        # optimisation did not beat it: every Convnet_maxpool box) says nothing per feature: those
+        # samples take the sensitivity order; ties elsewhere are broken by sensitivity too.
         s_rank = torch.empty_like(sensitivity)
         s_rank.scatter_(1, sensitivity, torch.arange(n, device=x0.device).expand(b, -1))
         log_r = torch.log(radii.reshape(b, n).to(x0.device, torch.float64).clamp(min=1e-30))
-        key = -torch.round(log_r * 1e4) + s_rank.double() / n
-        return torch.argsort(key, 1)
+        by_box = torch.argsort(-torch.round(log_r * 1e4) + s_rank.double() / n, 1)
+        uniform = (log_r.max(1).values - log_r.min(1).values) < 1e-3
+        return torch.where(uniform[:, None], sensitivity, by_box)
 
     def _minimise(self, search: _Search, proved, b: int, rounds: int = 10) -> Tensor:
         """Test every feature of S alone on top of the freed set. Bounds are not monotone in the
