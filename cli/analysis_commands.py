@@ -115,7 +115,6 @@ def explain(
     """Explanation sets (least-robust features) and their evaluation against baselines; with
     --certified, minimal sets the prediction provably depends on (verify re-proves them)."""
     from nonuniform.analysis.explain import explain_boxes, explain_certified_boxes
-    from nonuniform.certify.boxes import CertifiedBoxes
 
     if not boxes.exists():
         raise UserError(f"{boxes}: file not found")
@@ -126,15 +125,7 @@ def explain(
             raise UserError(f"--eps must be a positive number, got {eps}")
         if order not in ("box", "sensitivity", "random"):
             raise UserError(f"--order must be box, sensitivity or random, got {order!r}")
-        res = CertifiedBoxes.load(boxes)
-        if not res.certified.any():
-            raise UserError(f"{boxes} holds no certified box to explain")
-        check_output_dir(out)
-        if model is None:
-            model = res.settings.get("model", {}).get("source", "")
-            if not model:
-                raise UserError(f"{boxes} does not record its model; pass --model")
-        net, _, _ = resolve_model(model, "cpu")
+        res, net = _certified_boxes_and_model(boxes, out, model, True)
         with progress_bar() as bar:
             bar.add_task("certified explanations", total=None)
             report = explain_certified_boxes(
@@ -153,17 +144,7 @@ def explain(
         return
     sizes = parse_sizes(k)
     k_grid = parse_fractions(eval_k, "--eval-k")
-    res = CertifiedBoxes.load(boxes)
-    if not res.certified.any():
-        raise UserError(f"{boxes} holds no certified box to explain")
-    check_output_dir(out)
-    net = None
-    if evaluate:
-        if model is None:
-            model = res.settings.get("model", {}).get("source", "")
-            if not model:
-                raise UserError(f"{boxes} does not record its model; pass --model")
-        net, _, _ = resolve_model(model, "cpu")
+    res, net = _certified_boxes_and_model(boxes, out, model, evaluate)
     with progress_bar() as bar:
         task = bar.add_task("evaluating explanations", total=8 if evaluate else 0)
         report = explain_boxes(
@@ -182,3 +163,21 @@ def explain(
             t.add_row(name, fmt(r["auc_s_r"], ".4f"), fmt(r["auc_s_r_complement"], ".4f"))
         out_console.print(t)
     out_console.print(f"explanation sets and figures in {out}/")
+
+
+def _certified_boxes_and_model(boxes: Path, out: Path, model: str | None, need_model: bool):
+    """The boxes file (with at least one certified box), the output folder made, and the model
+    (the one the file records unless given) when ``need_model``."""
+    from nonuniform.certify.boxes import CertifiedBoxes
+
+    res = CertifiedBoxes.load(boxes)
+    if not res.certified.any():
+        raise UserError(f"{boxes} holds no certified box to explain")
+    check_output_dir(out)
+    if not need_model:
+        return res, None
+    if model is None:
+        model = res.settings.get("model", {}).get("source", "")
+        if not model:
+            raise UserError(f"{boxes} does not record its model; pass --model")
+    return res, resolve_model(model, "cpu")[0]
