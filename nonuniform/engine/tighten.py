@@ -39,7 +39,13 @@ def uses_patches(bm, i: int, relax: dict[int, LinearRelaxation], sloped: bool = 
     ``sloped``: for rows that carry alpha slopes (patches wherever they are smaller than the map)."""
     if not PATCHES:
         return 0
-    return patch_size(bm.net, bm.net.ops[i].inputs[0], relax, 1.0 if sloped else PATCH_FRACTION)
+    # The geometry depends on the network and on which ops below are relaxed -- the same at every
+    # call of a linear method -- so it is walked once per target, not at every bound.
+    key = (i, 1.0 if sloped else PATCH_FRACTION)
+    cache = bm.__dict__.setdefault("_patch_sizes", {})
+    if key not in cache:
+        cache[key] = patch_size(bm.net, bm.net.ops[i].inputs[0], relax, key[1])
+    return cache[key]
 
 
 def one_sided(bm, i: int) -> bool:
