@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .app import (
+    UserError,
     app,
     console,
     fmt,
@@ -29,26 +30,67 @@ from .options import (
 @app.command()
 @user_errors
 def vnnlib(
-    net: Annotated[Path, typer.Argument(help="The network (.onnx, or any model `certify` takes).")],
-    prop: Annotated[Path, typer.Argument(help="The VNN-LIB property (.vnnlib).")],
-    timeout: Annotated[float, typer.Option(help="Seconds for the whole decision.")] = 60.0,
+    net: Annotated[
+        Path | None,
+        typer.Argument(help="The network (.onnx, or any model `certify` takes).", show_default=False),
+    ] = None,
+    prop: Annotated[
+        Path | None, typer.Argument(help="The VNN-LIB property (.vnnlib).", show_default=False)
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds per property (default 60; with --instances: caps each row's own time-out)."
+        ),
+    ] = None,
     bab: Annotated[
-        bool, typer.Option(help="Branch-and-bound on what bounds and attacks leave open (ReLU nets).")
+        bool,
+        typer.Option(
+            help="Branch-and-bound (input or ReLU splitting) on what bounds and attacks leave open."
+        ),
     ] = True,
-    out: Annotated[Path | None, typer.Option(help="Write the VNN-COMP result file here.")] = None,
+    branching: Annotated[str, typer.Option(help="Input splitting's dimension choice: sb or widest.")] = "sb",
+    instances: Annotated[
+        Path | None,
+        typer.Option(help="Run a benchmark's instances.csv (onnx,vnnlib,timeout rows) instead of NET PROP."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="With --instances: skip the rows already in --out.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the VNN-COMP result file here (with --instances: the results CSV)."),
+    ] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="Per-sample input shape when the file leaves it open.")
     ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the attacks' random starts.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Decide a VNN-LIB property: unsat (proved), sat (checked counterexample), unknown or timeout."""
-    from nonuniform.verify.vnnlib import decide, parse_vnnlib
+    from nonuniform.verify.decide import BRANCHINGS, VerifierConfig, decide
+    from nonuniform.verify.vnnlib import parse_vnnlib
 
-    check_seconds(timeout=timeout)
+    if timeout is not None:
+        check_seconds(timeout=timeout)
+    if branching not in BRANCHINGS:
+        raise UserError(f"--branching must be one of {', '.join(BRANCHINGS)}, got {branching!r}")
+    config = VerifierConfig(bab=bab, branching=branching, seed=seed)
+    if instances is not None:
+        if net is not None or prop is not None:
+            raise UserError("give either NET PROP or --instances FILE.csv, not both")
+        if out is None:
+            raise UserError(
+                "--instances needs --out RESULTS.csv (one row per instance, written as it finishes)"
+            )
+        check_writable_file(out, example="results.csv")
+        _run_instances(instances, out, timeout, config, resume, parse_shape(input_shape), json_out)
+        return
+    if net is None or prop is None:
+        raise UserError("give NET and PROP (a network and a .vnnlib property), or --instances FILE.csv")
     if out is not None:
         check_writable_file(out, example="result.txt")
+    parsed = parse_vnnlib(prop)  # a bad property is refused before the model is loaded
     model, card, _ = resolve_model(str(net), "cpu", parse_shape(input_shape))
-    result = decide(model, parse_vnnlib(prop), card.input_shape, timeout, bab=bab)
+    result = decide(model, parsed, card.input_shape, 60.0 if timeout is None else timeout, config)
     if out is not None:
         out.write_text(result.vnncomp_text())
     if json_out:
@@ -56,7 +98,36 @@ def vnnlib(
             json.dumps({"status": result.status, "seconds": round(result.seconds, 3), **result.details})
         )
     else:
-        out_console.print(f"{result.status} ({result.seconds:.2f} s)")
+        reason = result.details.get("reason")
+        out_console.print(f"{result.status} ({result.seconds:.2f} s)" + (f": {reason}" if reason else ""))
+
+
+def _run_instances(csv_path: Path, out: Path, cap, config, resume: bool, shape, json_out: bool) -> None:
+    """``vnnlib --instances``: every row decided, the CSV written as rows finish, a summary table."""
+    from collections import Counter
+
+    from nonuniform.verify.instances import read_instances, run_instances
+
+    rows = read_instances(csv_path)
+
+    def load(network: Path):
+        model, card, _ = resolve_model(str(network), "cpu", shape)
+        return model, card.input_shape
+
+    counts: Counter = Counter()
+    with progress_bar() as bar:
+        task = bar.add_task("instances", total=len(rows))
+        for res in run_instances(rows, out, load, csv_path.parent.name, cap, config, resume):
+            counts[res.status] += 1
+            bar.update(task, advance=1, description=f"{res.instance.name}: {res.status}")
+    if json_out:
+        out_console.print_json(json.dumps(dict(counts)))
+        return
+    t = Table(title=f"{csv_path} ({len(rows)} instances) -> {out}")
+    for col in ("sat", "unsat", "timeout", "unknown", "error"):
+        t.add_column(col, justify="right")
+    t.add_row(*(str(counts[c]) for c in ("sat", "unsat", "timeout", "unknown", "error")))
+    out_console.print(t)
 
 
 @app.command()

@@ -183,7 +183,6 @@ class BoundedModel:
             box[i] = exact[i] = False
         return BoundState(lower, upper, pre, relax, iv, infeasible, targets)
 
-    # -- backward pass ------------------------------------------------------------------
     def _affine_step(self, j: int, pending: dict[int, Tensor], bias: Tensor) -> Tensor:
         """Move the coefficients pending at affine op ``j`` to its inputs; returns the new bias."""
         op: AffineOp = self.net.ops[j]  # type: ignore[assignment]
@@ -204,8 +203,10 @@ class BoundedModel:
         upper: Tensor,
         iv: dict[int, tuple[Tensor, Tensor]] | None,
         bias: Tensor,
+        keep_input: bool = False,
     ) -> Tensor:
-        """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box.
+        """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box
+        (``keep_input``: the input's coefficients stay in ``pending[-1]``).
 
         Ops are visited from ``start`` down in reverse topological order; coefficients that meet
         at an op with several consumers are summed. A nonlinear op with a relaxation in ``relax``
@@ -225,7 +226,7 @@ class BoundedModel:
                     pending[k] = pending[k] + lam_k if k in pending else lam_k
             else:
                 bias = bias + concretise(pending.pop(j), *iv[j])
-        if -1 in pending:
+        if -1 in pending and not keep_input:
             bias = bias + concretise(pending.pop(-1), lower, upper)
         return bias
 
@@ -241,6 +242,15 @@ class BoundedModel:
         last = len(self.net.ops) - 1
         bias = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
         return self._backward({last: lam}, last, relax, lower, upper, iv, bias)
+
+    def linear_bound(self, lam: Tensor, state: BoundState) -> tuple[Tensor, Tensor]:
+        """CROWN's ``lam . f(x) >= a . x + b`` on the boxes of ``state``: ``a`` (batch, specs,
+        *input_shape), ``b`` (batch, specs); input splitting scores dimensions by ``|a| width``."""
+        last, (lower, upper) = len(self.net.ops) - 1, state.intervals[-1]
+        pending, bias = {last: lam}, torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+        bias = self._backward(pending, last, state.relaxations, lower, upper, None, bias, keep_input=True)
+        a = pending.get(-1, torch.zeros(*lam.shape[:2], *lower.shape[1:], dtype=lam.dtype))
+        return a.expand(lam.shape[0], *a.shape[1:]), bias
 
     # -- bounds of a specification --------------------------------------------------------
     def bounds(

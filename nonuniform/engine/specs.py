@@ -1,7 +1,11 @@
-"""Boxes and specifications: validating a batch of boxes, and the margin specification."""
+"""Boxes and specifications: validating a batch of boxes, the margin specification, and output
+cases (a VNN-LIB unsafe region as OR of AND of linear atoms)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,3 +50,47 @@ def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
 
 
 __all__ = ["BoxError", "check_box", "margin_spec"]
+
+
+@dataclass
+class OutputCases:
+    """An unsafe output region: OR over cases of AND of linear atoms ``c . y >= d``.
+
+    A property is violated at ``x`` when some case has all its atoms true at ``y = f(x)``.
+    ``rows`` (atoms, outputs) hold the ``c``, ``offsets`` (atoms,) the ``d``; ``index`` (cases,
+    width) lists each case's atoms, short cases padded by repeating their first atom (a case with
+    no atom gets the always-true atom ``0 . y >= 0``).
+    """
+
+    rows: Tensor
+    offsets: Tensor
+    index: Tensor
+
+    @classmethod
+    def from_disjuncts(cls, disjuncts, n_outputs: int, dtype=torch.float64) -> OutputCases:
+        rows, offsets, index = [], [], []
+        for conj in disjuncts:
+            conj = conj or [(np.zeros(n_outputs), 0.0)]
+            index.append(list(range(len(rows), len(rows) + len(conj))))
+            rows += [np.asarray(c, dtype=np.float64) for c, _ in conj]
+            offsets += [float(d) for _, d in conj]
+        width = max(len(g) for g in index)
+        padded = [g + [g[0]] * (width - len(g)) for g in index]
+        return cls(torch.tensor(np.array(rows), dtype=dtype), torch.tensor(offsets, dtype=dtype),
+                   torch.tensor(padded, dtype=torch.long))  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        return self.index.shape[0]
+
+    def violation(self, y: Tensor) -> Tensor:
+        """(n, cases): the largest ``d - c . y`` over each case's atoms; <= 0 where the case holds."""
+        gap = self.offsets.to(y.dtype) - y @ self.rows.to(y.dtype).T  # (n, atoms)
+        return gap[:, self.index].max(-1).values
+
+    def subset(self, keep: list[int]) -> OutputCases:
+        """The cases numbered ``keep`` (atoms renumbered)."""
+        used = sorted({int(a) for k in keep for a in self.index[k]})
+        new = {a: i for i, a in enumerate(used)}
+        index = torch.tensor([[new[int(a)] for a in self.index[k]] for k in keep], dtype=torch.long)
+        return OutputCases(self.rows[used], self.offsets[used], index)

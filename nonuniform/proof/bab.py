@@ -89,66 +89,93 @@ def bab_prove(
     margin = torch.full((n,), float("nan"), dtype=torch.float64)
     timed_out = torch.zeros(n, dtype=torch.bool)
     exhausted = torch.zeros(n, dtype=torch.bool)
-    ops = split_ops(bm)
     for k in range(n):
-        r = _prove_one(bm, lower[k : k + 1], upper[k : k + 1], spec[k : k + 1], threshold, ops,
-                       time_budget, batch, max_leaves, beta_steps)  # fmt: skip
-        proved[k], leaves[k], margin[k], timed_out[k], exhausted[k] = r
+        search = ReluSplit(bm, lower[k : k + 1], upper[k : k + 1], spec[k : k + 1], threshold, batch,
+                           max_leaves, beta_steps)  # fmt: skip
+        search.run(time.perf_counter() + time_budget)
+        proved[k], leaves[k], exhausted[k] = search.proved, search.leaves, search.stuck
+        timed_out[k] = not search.proved and not search.stuck
+        margin[k] = threshold + (search.worst_proved if search.proved else search.worst_open)
     return BabResult(proved, leaves, margin, timed_out, exhausted)
 
 
-def _prove_one(bm, lo, hi, spec, threshold, ops, budget, batch, max_leaves, beta_steps):
-    t_end = time.perf_counter() + budget
-    shapes = {i: bm.net.ops[bm.net.ops[i].inputs[0]].out_shape for i in ops}
-    empty = {i: torch.zeros((1, *shapes[i]), dtype=torch.int8, device=lo.device) for i in ops}
-    queue: list[dict[int, Tensor]] = [empty]
-    count, worst_proved, worst_open = 0, float("inf"), float("inf")
-    while queue:
-        if time.perf_counter() > t_end or count >= max_leaves:
-            return False, count, worst_open, True, False
-        todo, queue = queue[:batch], queue[batch:]
+class ReluSplit:
+    """A resumable ReLU branch-and-bound on one box: prove ``spec @ f >= threshold`` (every row;
+    ``threshold`` a number or one per row). :meth:`run` works until a deadline and keeps its queue,
+    so a scheduler can interleave it with attacks. ``proved``: every leaf done; ``exhausted``: a
+    leaf with nothing left to split still fails (no proof this way), or ``max_leaves`` is spent."""
+
+    def __init__(self, bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, threshold: float | Tensor,
+                 batch: int = 64, max_leaves: int = 20000, beta_steps: int = 20) -> None:  # fmt: skip
+        if bm.net.dtype != torch.float64:
+            raise ValueError("ReluSplit needs a float64 BoundedModel: its leaves are the final proof")
+        self.bm, self.lo, self.hi, self.spec = bm, lo, hi, spec
+        self.threshold = torch.as_tensor(threshold, dtype=torch.float64, device=lo.device)
+        self.batch, self.max_leaves, self.beta_steps = batch, max_leaves, beta_steps
+        self.ops = split_ops(bm)
+        shapes = {i: bm.net.ops[bm.net.ops[i].inputs[0]].out_shape for i in self.ops}
+        self.queue = [{i: torch.zeros((1, *shapes[i]), dtype=torch.int8, device=lo.device) for i in self.ops}]
+        self.leaves, self.stuck = 0, False
+        self.worst_proved, self.worst_open = float("inf"), float("inf")  # slack over the threshold
+
+    @property
+    def proved(self) -> bool:
+        return not self.queue and not self.stuck
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stuck or (bool(self.queue) and self.leaves >= self.max_leaves)
+
+    def run(self, deadline: float) -> None:
+        while self.queue and not self.exhausted and time.perf_counter() < deadline:
+            self._step()
+
+    def _step(self) -> None:
+        bm, lo, hi, spec = self.bm, self.lo, self.hi, self.spec
+        todo, self.queue = self.queue[: self.batch], self.queue[self.batch :]
         m = len(todo)
-        splits = {i: torch.cat([d[i] for d in todo]) for i in ops}
+        splits = {i: torch.cat([d[i] for d in todo]) for i in self.ops}
         lo_m, hi_m = lo.expand(m, *lo.shape[1:]), hi.expand(m, *hi.shape[1:])
         spec_m = spec.expand(m, *spec.shape[1:])
         with torch.no_grad():
             state = bm.propagate(lo_m, hi_m, "crown", splits=splits)
             lb, _ = bm.bounds(lo_m, hi_m, spec_m, "crown", bound_upper=False, state=state)
-        if beta_steps and (lb.min(1).values < threshold).any():
-            lb = torch.maximum(lb, beta_bound(bm, state, spec_m, splits, beta_steps))
-        count += m
-        worst = lb.min(1).values
+        if self.beta_steps and ((lb - self.threshold).min(1).values < 0).any():
+            lb = torch.maximum(lb, beta_bound(bm, state, spec_m, splits, self.beta_steps))
+        self.leaves += m
+        worst = (lb - self.threshold).min(1).values
         empty_leaf = torch.zeros(m, dtype=torch.bool, device=lo.device)
         if state.infeasible is not None:
             empty_leaf = state.infeasible
-        ok = empty_leaf | (worst >= threshold)
+        ok = empty_leaf | (worst >= 0)
         bounded = ok & ~empty_leaf
         if bounded.any():
-            worst_proved = min(worst_proved, float(worst[bounded].min()))
+            self.worst_proved = min(self.worst_proved, float(worst[bounded].min()))
         for j in (~ok).nonzero().squeeze(1).tolist():
-            worst_open = min(worst_open, float(worst[j]))
-            choice = _branch(bm, state, ops, j)
+            self.worst_open = min(self.worst_open, float(worst[j]))
+            choice = _branch(bm, state, self.ops, j)
             if choice is None:  # nothing left to split: push the multipliers to the LP's optimum
-                last = _last_try(bm, lo, hi, spec, todo[j])
-                if last >= threshold:
-                    worst_proved = min(worst_proved, last)
+                last = _last_try(bm, lo, hi, spec, todo[j], self.threshold)
+                if last >= 0:
+                    self.worst_proved = min(self.worst_proved, last)
                     continue
-                return False, count, last, False, True
+                self.worst_open, self.stuck = last, True
+                return
             i, idx = choice
             for side in SIDES:
                 child = {o: t.clone() for o, t in todo[j].items()}
                 child[i].view(-1)[idx] = side
-                queue.append(child)
-    return True, count, worst_proved, False, False
+                self.queue.append(child)
 
 
-def _last_try(bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, splits: dict[int, Tensor]) -> float:
-    """Smallest margin bound of one leaf without unstable neurons, multipliers run to convergence."""
+def _last_try(bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, splits: dict[int, Tensor],
+              threshold: Tensor) -> float:  # fmt: skip
+    """Smallest slack of one leaf without unstable neurons, multipliers run to convergence."""
     with torch.no_grad():
         state = bm.propagate(lo, hi, "crown", splits=splits)
     if state.infeasible is not None and bool(state.infeasible.all()):
         return float("inf")
-    return float(beta_bound(bm, state, spec, splits, EXHAUSTED_BETA_STEPS).min())
+    return float((beta_bound(bm, state, spec, splits, EXHAUSTED_BETA_STEPS) - threshold).min())
 
 
 def beta_bound(
@@ -283,4 +310,4 @@ def _grow_one(bm, c, r_lo, r_hi, spec, box, threshold, share, scales):
     return best
 
 
-__all__ = ["BabResult", "bab_prove", "grow_boxes", "split_ops"]
+__all__ = ["BabResult", "ReluSplit", "bab_prove", "grow_boxes", "split_ops"]

@@ -1,0 +1,208 @@
+"""Branch-and-bound on the input box: the complete method for networks with few inputs.
+
+With five inputs (ACAS Xu) or eight (control policies) the box itself is the thing to split:
+halving one input dimension shrinks every intermediate bound of the network at once, which
+ReLU splitting cannot do. A leaf is a sub-box; it is *refuted* when every output case (an AND of
+atoms ``c . y >= d``, :class:`~nonuniform.engine.specs.OutputCases`) has an atom that is
+impossible on it, i.e. a CROWN lower bound of ``-c . y`` exceeds ``-d``. Leaves cover the box, so
+refuting every leaf proves the property (``unsat``) on the box.
+
+Why it is sound as it stands: leaves are bounded in float64 by the fresh non-differentiable
+CROWN pass of :class:`~nonuniform.engine.bounds.BoundedModel` (the float64 proof the package
+asks for), with a safety margin :data:`MARGIN` on every atom; the split halves cover their
+parent exactly (the midpoint belongs to both).
+
+Branching (``branching``): ``"sb"`` scores dimension ``i`` by ``|a_i| (u_i - l_i)`` where ``a``
+is the linear lower bound's input coefficient of the most promising atom of the leaf's worst
+case -- what halving ``i`` would take off the concretisation -- plus a small share of the
+relative width so that no dimension starves; ``"widest"`` halves the widest dimension
+relative to the root box (the simple rule it is measured against in ``experiments/vnnlib.py``).
+
+Every bounded leaf also offers two candidate counterexamples (its centre and the minimiser of
+the linear bound), evaluated in one batched forward pass: the scheduler checks them and feeds
+the best ones to the attacks as starting points.
+
+Shapes: a leaf batch is ``(m, *input_shape)``; the frontier is kept flat ``(N, n_inputs)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..engine.bounds import BoundedModel
+from ..engine.specs import OutputCases
+
+#: An atom is refuted on a leaf only when its bound clears the threshold by this much.
+MARGIN = 1e-6
+BRANCHINGS = ("sb", "widest")
+
+
+@dataclass
+class SplitStats:
+    """What one input-splitting search did (for the result's details)."""
+
+    leaves: int = 0  # sub-boxes bounded
+    open: int = 0  # sub-boxes still to do
+    depth: int = 0  # most halvings of one leaf
+
+
+class InputSplit:
+    """A resumable input-splitting search on one box (see the module docstring).
+
+    ``lower``/``upper``: (1, *input_shape) float64; ``cases``: the output region to refute.
+    Call :meth:`run` with a deadline as many times as the scheduler wishes; it keeps its frontier.
+    """
+
+    def __init__(
+        self,
+        bm: BoundedModel,
+        lower: Tensor,
+        upper: Tensor,
+        cases: OutputCases,
+        batch: int = 1024,
+        branching: str = "sb",
+        max_leaves: int = 4_000_000,
+    ) -> None:
+        if bm.net.dtype != torch.float64:
+            raise ValueError("InputSplit needs a float64 BoundedModel: its leaves are the final proof")
+        if branching not in BRANCHINGS:
+            raise ValueError(f"branching must be one of {BRANCHINGS}, got {branching!r}")
+        self.bm, self.cases, self.batch, self.branching = bm, cases, batch, branching
+        self.shape = tuple(lower.shape[1:])
+        self.lo, self.hi = lower.flatten(1).clone(), upper.flatten(1).clone()
+        self.depth = torch.zeros(1, dtype=torch.long)
+        self.root_width = (self.hi - self.lo).clamp(min=1e-30)[0]
+        self.spec = (-cases.rows)[None].to(torch.float64)  # lower bounds of -c . y
+        self.threshold = (-cases.offsets).to(torch.float64) + MARGIN
+        self.max_leaves = max_leaves
+        self.stats = SplitStats(open=1)
+        self.hints = torch.empty(0, *self.shape, dtype=torch.float64)
+        self.best_hint = float("inf")
+
+    @property
+    def proved(self) -> bool:
+        return self.lo.shape[0] == 0
+
+    @property
+    def exhausted(self) -> bool:
+        """The leaf budget is spent (memory), or a leaf can no longer be halved in float64."""
+        return self.stats.leaves >= self.max_leaves or self._stuck
+
+    _stuck = False
+
+    def run(self, deadline: float) -> Tensor | None:
+        """Bound and split leaves until ``deadline``, the proof, or a candidate counterexample:
+        returns the input point (1, *input_shape) where some case holds in float64, else None."""
+        while self.lo.shape[0] and time.perf_counter() < deadline and not self.exhausted:
+            found = self._step()
+            if found is not None:
+                return found
+        self.stats.open = int(self.lo.shape[0])
+        return None
+
+    def _step(self) -> Tensor | None:
+        k = min(self.batch, self.lo.shape[0])
+        lo, hi, depth = self.lo[-k:], self.hi[-k:], self.depth[-k:]
+        self.lo, self.hi, self.depth = self.lo[:-k], self.hi[:-k], self.depth[:-k]
+        m = lo.shape[0]
+        box_lo, box_hi = lo.reshape(m, *self.shape), hi.reshape(m, *self.shape)
+        spec = self.spec.expand(m, -1, -1)
+        with torch.no_grad():
+            state = self.bm.propagate(box_lo, box_hi, "crown")
+            a, b = self.bm.linear_bound(spec, state)
+            a = a.flatten(2)  # (m, atoms, n)
+            lb = (a.clamp(min=0) @ lo[:, :, None] + a.clamp(max=0) @ hi[:, :, None]).squeeze(-1) + b
+            lb = torch.maximum(lb, self.bm.backward(spec, {}, box_lo, box_hi, state.intervals))
+        gap = lb - self.threshold  # (m, atoms): > 0 refutes the atom on the leaf
+        case_gap = gap[:, self.cases.index].max(-1).values  # (m, cases): > 0 refutes the case
+        if self.cases.index.shape[1] > 1 and bool((case_gap <= 0).any()):
+            case_gap = torch.maximum(case_gap, combined_gap(a, b - self.threshold, lo, hi, self.cases.index))
+        worst = case_gap.min(1)  # the leaf's least refuted case
+        self.stats.leaves += m
+        open_ = worst.values <= 0
+        if not open_.any():
+            return None
+        # candidate counterexamples: centres and the minimisers of the chosen atoms' linear bounds
+        idx = open_.nonzero().squeeze(1)
+        atoms = self.cases.index[worst.indices[idx]]  # (o, width): the worst case's atoms
+        atom = atoms.gather(1, gap[idx].gather(1, atoms).argmax(1, keepdim=True)).squeeze(1)
+        coef = a[idx, atom]  # (o, n)
+        corner = torch.where(coef > 0, lo[idx], hi[idx])
+        found = self._check(torch.cat([(lo[idx] + hi[idx]) / 2, corner]))
+        if found is not None:
+            return found
+        dim = self._choose(coef, lo[idx], hi[idx])
+        self._split(lo[idx], hi[idx], depth[idx], dim)
+        return None
+
+    def _check(self, points: Tensor) -> Tensor | None:
+        """The first point where some case holds (float64 forward pass); keeps the best as hints."""
+        with torch.no_grad():
+            v = self.cases.violation(self.bm.net.forward(points.reshape(-1, *self.shape))).min(1).values
+        k = int(v.argmin())
+        if v[k] <= 0:
+            return points[k : k + 1].reshape(1, *self.shape)
+        if float(v[k]) < self.best_hint:
+            self.best_hint = float(v[k])
+            order = torch.argsort(v)[:4]
+            self.hints = points[order].reshape(-1, *self.shape)
+        return None
+
+    def _choose(self, coef: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """(o,) the input dimension to halve per open leaf."""
+        width = hi - lo
+        rel = width / self.root_width
+        if self.branching == "widest":
+            return rel.argmax(1)
+        score = coef.abs() * width
+        score = score / score.max(1, keepdim=True).values.clamp(min=1e-30)
+        return (score + 0.1 * rel / rel.max(1, keepdim=True).values.clamp(min=1e-30)).argmax(1)
+
+    def _split(self, lo: Tensor, hi: Tensor, depth: Tensor, dim: Tensor) -> None:
+        rows = torch.arange(lo.shape[0])
+        mid = (lo[rows, dim] + hi[rows, dim]) / 2
+        if bool(((mid <= lo[rows, dim]) | (mid >= hi[rows, dim])).any()):
+            self._stuck = True  # a leaf too thin to halve in float64: give up, soundly
+            self.lo, self.hi = torch.cat([self.lo, lo]), torch.cat([self.hi, hi])
+            self.depth = torch.cat([self.depth, depth])
+            return
+        left_hi, right_lo = hi.clone(), lo.clone()
+        left_hi[rows, dim] = mid
+        right_lo[rows, dim] = mid
+        self.lo = torch.cat([self.lo, lo, right_lo])
+        self.hi = torch.cat([self.hi, left_hi, hi])
+        self.depth = torch.cat([self.depth, depth + 1, depth + 1])
+        self.stats.depth = max(self.stats.depth, int(depth.max()) + 1)
+
+
+def combined_gap(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, index: Tensor, steps: int = 12) -> Tensor:
+    """(m, cases) lower bounds of ``max`` over each case's atoms of the refutation gap, from the
+    atoms' linear bounds ``gap_w(x) >= a_w . x + b_w`` (a: (m, atoms, n), b: (m, atoms)).
+
+    A case (an AND) is refuted where *some* atom is false at every point, but the atom may change
+    from point to point: near the border of two output classes no single atom is false on the
+    whole leaf. For weights ``lam`` on the simplex, ``max_w gap_w >= sum_w lam_w gap_w``, whose
+    minimum over the box is the concretisation of the combined linear bound; every ``lam`` gives
+    a sound bound, the best (the LP value ``min_x max_w``) is sought by a few ascent steps on
+    ``softmax(theta)`` and the best value seen is kept."""
+    aw, bw = a[:, index], b[:, index]  # (m, G, W, n), (m, G, W)
+    theta = torch.zeros(bw.shape, dtype=a.dtype, device=a.device, requires_grad=True)
+    lo_, hi_ = lo[:, None, :], hi[:, None, :]
+    best = torch.full(bw.shape[:2], -torch.inf, dtype=a.dtype, device=a.device)
+    for _ in range(steps):
+        with torch.enable_grad():
+            lam = torch.softmax(theta, -1)
+            alpha = (lam[..., None] * aw).sum(2)  # (m, G, n)
+            h = (lam * bw).sum(-1) + torch.minimum(alpha * lo_, alpha * hi_).sum(-1)
+            (g,) = torch.autograd.grad(h.sum(), theta)
+        best = torch.maximum(best, h.detach())
+        with torch.no_grad():
+            theta = (theta + 4.0 * g / g.abs().amax(-1, keepdim=True).clamp(min=1e-12)).requires_grad_(True)
+    return best
+
+
+__all__ = ["BRANCHINGS", "MARGIN", "InputSplit", "SplitStats", "combined_gap"]
