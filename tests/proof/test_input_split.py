@@ -1,0 +1,125 @@
+"""Input splitting: never proves what MILP refutes, a dropped half is caught, leaves are bounded
+independently of their batch-mates, and the combined bound of a conjunction is sound."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nonuniform.proof.input_split as input_split
+from nonuniform.engine.bounds import BoundedModel
+from nonuniform.engine.specs import OutputCases
+from nonuniform.proof.input_split import InputSplit, combined_gap
+from nonuniform.proof.milp import verify_box_milp
+from tests.nets import mlp
+
+
+def robustness_cases(label: int, classes: int) -> OutputCases:
+    """The unsafe region 'some other class scores at least as high': OR_j (y_j - y_label >= 0)."""
+    disjuncts = []
+    for j in range(classes):
+        if j != label:
+            c = np.zeros(classes)
+            c[j], c[label] = 1.0, -1.0
+            disjuncts.append([(c, 0.0)])
+    return OutputCases.from_disjuncts(disjuncts, classes)
+
+
+@pytest.fixture(scope="module")
+def toys():
+    """Small 5-input ReLU nets, a point, its label, and MILP's robust/refuted radii (~3% apart)."""
+    out = []
+    for seed in range(3):
+        model = mlp(nn.ReLU(), sizes=(5, 12, 12, 3), seed=seed).double().eval()
+        x = torch.rand(1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        label = int(model(x).argmax())
+        lo, hi = 1e-3, 3.0
+        for _ in range(8):
+            mid = math.sqrt(lo * hi)
+            robust = verify_box_milp(model, (x - mid)[0], (x + mid)[0], label, time_limit=30).status == "robust"
+            lo, hi = (mid, hi) if robust else (lo, mid)
+        out.append((model, BoundedModel(model, (5,), torch.float64), x, label, lo, hi))
+    return out
+
+
+def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5)) -> tuple[int, int, int]:
+    """(proofs at or beyond MILP's refuted radius, proofs, counterexamples that do not hold)."""
+    bad = proved = false_points = 0
+    for model, bm, x, label, lo_r, hi_r in toys:
+        cases = robustness_cases(label, 3)
+        for scale in scales:
+            r = (lo_r if scale < 1 else hi_r) * scale
+            search = InputSplit(bm, x - r, x + r, cases, batch=256)
+            point = search.run(time.perf_counter() + 3.0)
+            if point is not None:
+                inside = bool(((point >= x - r) & (point <= x + r)).all())
+                holds = bool((cases.violation(model(point)) <= 0).any())
+                false_points += not (inside and holds)
+            if search.proved:
+                proved += 1
+                bad += r >= hi_r  # MILP found a counterexample at hi_r <= r
+    return bad, proved, false_points
+
+
+
+def test_input_splitting_agrees_with_milp(toys):
+    bad, proved, false_points = outcomes(toys)
+    assert bad == 0 and false_points == 0
+    assert proved >= 5, proved  # below MILP's radius, including boxes CROWN alone cannot prove
+
+
+def test_a_dropped_half_is_caught(toys, monkeypatch):
+    original = input_split.InputSplit._split
+
+    def keep_left_half(self, lo, hi, depth, dim):  # unsound on purpose: the right halves vanish
+        original(self, lo, hi, depth, dim)
+        self.lo, self.hi, self.depth = self.lo[: -lo.shape[0]], self.hi[: -lo.shape[0]], self.depth[: -lo.shape[0]]
+
+    monkeypatch.setattr(input_split.InputSplit, "_split", keep_left_half)
+    bad, _, _ = outcomes(toys, scales=(1.03, 1.5))
+    assert bad > 0
+
+
+def test_leaf_bounds_do_not_depend_on_batch_mates(toys):
+    model, bm, x, label, lo_r, _ = toys[0]
+    cases = robustness_cases(label, 3)
+    g = torch.Generator().manual_seed(0)
+    lo = x - lo_r * torch.rand(16, 5, dtype=torch.float64, generator=g) * 3
+    hi = lo + lo_r * torch.rand(16, 5, dtype=torch.float64, generator=g) * 3
+    spec = (-cases.rows)[None].expand(16, -1, -1)
+    together, _ = bm.bounds(lo, hi, spec, "crown", bound_upper=False)
+    alone = torch.cat([bm.bounds(lo[k : k + 1], hi[k : k + 1], spec[:1], "crown", bound_upper=False)[0]
+                       for k in range(16)])  # fmt: skip
+    assert torch.allclose(together, alone, rtol=0, atol=1e-10)
+
+
+def test_combined_gap_is_a_lower_bound_of_the_max_and_beats_single_atoms():
+    g = torch.Generator().manual_seed(1)
+    m, atoms, n = 64, 4, 5
+    a = torch.randn(m, atoms, n, dtype=torch.float64, generator=g)
+    b = torch.randn(m, atoms, dtype=torch.float64, generator=g) + 2
+    lo = -torch.rand(m, n, dtype=torch.float64, generator=g)
+    hi = torch.rand(m, n, dtype=torch.float64, generator=g)
+    index = torch.arange(atoms)[None]
+    value = combined_gap(a, b, lo, hi, index)[:, 0]
+    # the true minimum over the box of max_w (a_w . x + b_w) is at least the combined bound
+    x = lo[:, None] + torch.rand(m, 20000, n, dtype=torch.float64, generator=g) * (hi - lo)[:, None]
+    sampled = (torch.einsum("mwn,msn->msw", a, x) + b[:, None]).max(-1).values.min(1).values
+    assert (value <= sampled + 1e-9).all()
+    single = (torch.minimum(a * lo[:, None], a * hi[:, None]).sum(-1) + b).max(-1).values
+    assert (value >= single - 1e-9).all() and (value > single + 1e-3).sum() >= 10
+
+
+def test_float64_only_and_branching_names():
+    model = mlp(nn.ReLU(), sizes=(5, 8, 3)).eval()
+    cases = robustness_cases(0, 3)
+    with pytest.raises(ValueError, match="float64"):
+        InputSplit(BoundedModel(model, (5,)), torch.zeros(1, 5), torch.ones(1, 5), cases)
+    with pytest.raises(ValueError, match="branching"):
+        InputSplit(BoundedModel(model, (5,), torch.float64), torch.zeros(1, 5).double(),
+                   torch.ones(1, 5).double(), cases, branching="random")  # fmt: skip
