@@ -27,7 +27,8 @@ import torch
 
 from nonuniform import certify_boxes, load_model
 from nonuniform.verify.boxes import verify_boxes
-from nonuniform.verify.vnnlib import decide, parse_vnnlib
+from nonuniform.verify.decide import decide
+from nonuniform.verify.vnnlib import parse_vnnlib
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "models" / "vnncomp2021"

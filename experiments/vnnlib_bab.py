@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from nonuniform import load_model
-from nonuniform.verify.vnnlib import decide, parse_vnnlib
+from nonuniform.verify.decide import decide
+from nonuniform.verify.vnnlib import parse_vnnlib
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "vnncomp2021"
 RESNET_SPECS = "cifar10_resnet/vnnlib_properties_pgd_filtered/resnet2b_pgd_filtered"

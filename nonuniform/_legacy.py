@@ -44,7 +44,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "bab": ("proof.bab",),
     "exact": ("proof.milp",),
     "smoothed": ("attacks.smoothed",),
-    "vnnlib": ("verify.vnnlib",),
+    "vnnlib": ("verify.vnnlib", "verify.decide"),
     "metrics": ("analysis.statistics",),
     "ranking": ("analysis.rank",),
     "explain": ("analysis.attribution",),

@@ -37,7 +37,7 @@ from ..ir.ops import ProductOp
 from ..relax.activations import TINY_WIDTH, LinearRelaxation
 from ..relax.product import product_interval, relax_product
 from .alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
-from .interval import clip_split, concretise
+from .interval import clip_split, concretise, intersect
 from .methods import METHODS, Method
 from .specs import BoxError, check_box, margin_spec
 from .tighten import tighten, uses_patches
@@ -114,14 +114,15 @@ class BoundedModel:
         splits: dict[int, Tensor] | None = None,
         slopes: Slopes | None = None,
         reuse: BoundState | None = None,
+        prior: dict[int, tuple[Tensor, Tensor]] | None = None,
     ) -> BoundState:
-        """Intermediate bounds and relaxations of every nonlinear op for the boxes. Intervals go
-        forward op by op; a nonlinear op's input is tightened by CROWN when an affine op computes
-        it and its interval is not already exact (one mixing map of the box is exact). ``splits``
-        (:mod:`~nonuniform.proof.bab`): per ReLU-family op, int8 +1/-1 where the branch assumes
-        z >= 0 / z <= 0.
-        ``slopes`` (:mod:`~nonuniform.engine.alpha`): per-row lower slopes for the targets that have them;
-        ``reuse``: a state of the same boxes whose bounds the other targets take as they are."""
+        """Intermediate bounds and relaxations of every nonlinear op for the boxes: intervals forward
+        op by op; a nonlinear op's input tightened by CROWN when an affine op computes it and it is
+        not already exact. ``splits`` (:mod:`~nonuniform.proof.bab`): per ReLU-family op, int8 +1/-1
+        where the branch assumes z >= 0 / z <= 0; ``slopes``: alpha-CROWN's per-row lower slopes;
+        ``reuse``: a state of the same boxes whose bounds the other targets keep; ``prior``: op input
+        bounds valid on boxes containing these (input splitting's parents): neurons they make
+        stable need no CROWN row."""
         _check_method(method)
         mode = "fastlin" if method == "fastlin" else "crown"
         ops = self.net.ops
@@ -162,7 +163,7 @@ class BoundedModel:
                 box[i] = exact[i] = False
                 continue
             src = op.inputs[0]
-            l, u = iv[src]
+            l, u = iv[src] if prior is None or i not in prior else intersect(*iv[src], *prior[i])
             if method != "ibp" and not exact[src] and src not in tightened and isinstance(ops[src], AffineOp):
                 patch_elems = uses_patches(self, i, relax, slopes is not None and i in slopes.inter)
                 if reuse is not None and (slopes is None or i not in slopes.inter):
@@ -244,8 +245,7 @@ class BoundedModel:
         return self._backward({last: lam}, last, relax, lower, upper, iv, bias)
 
     def linear_bound(self, lam: Tensor, state: BoundState) -> tuple[Tensor, Tensor]:
-        """CROWN's ``lam . f(x) >= a . x + b`` on the boxes of ``state``: ``a`` (batch, specs,
-        *input_shape), ``b`` (batch, specs); input splitting scores dimensions by ``|a| width``."""
+        """CROWN's ``lam . f(x) >= a . x + b`` on the boxes: a (batch, specs, *input), b (batch, specs)."""
         last, (lower, upper) = len(self.net.ops) - 1, state.intervals[-1]
         pending, bias = {last: lam}, torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
         bias = self._backward(pending, last, state.relaxations, lower, upper, None, bias, keep_input=True)

@@ -36,7 +36,7 @@ from ..attacks.falsify import adam_pgd, sample
 from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
 from ..proof.bab import ReluSplit, split_ops
-from ..proof.input_split import BRANCHINGS, MARGIN, InputSplit
+from ..proof.input_split import BRANCHINGS, MARGIN, InputSplit, Portfolio
 from .vnnlib import Property, VnnlibError
 
 
@@ -46,7 +46,7 @@ class VerifierConfig:
 
     bab: bool = True  # branch-and-bound after bounds and attacks (input or ReLU splitting)
     input_split_max: int = 32  # split the input box when it has at most this many values
-    branching: str = "sb"  # input splitting's dimension choice: sb (bound-based) or widest
+    branching: str = "portfolio"  # input splitting: sb, fsb, widest, or portfolio (sb and fsb in turns)
     split_batch: int = 1024  # input-split leaves bounded together
     relu_batch: int = 64  # ReLU-split leaves bounded together
     alpha: bool = True  # alpha-CROWN on what CROWN leaves open (when it fits the budget)
@@ -226,7 +226,10 @@ def _alpha_fits(details: dict, deadline: float) -> bool:
 def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
     cases = region.open_cases
     if n_in <= cfg.input_split_max:
-        return InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch, branching=cfg.branching)
+        rules = ("sb", "fsb") if cfg.branching == "portfolio" else (cfg.branching,)
+        searches = [InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch if r != "fsb" else
+                               cfg.split_batch // (2 * n_in), branching=r) for r in rules]  # fmt: skip
+        return searches[0] if len(searches) == 1 else Portfolio(searches)
     if not hasattr(bm.net, "ops") or not split_ops(bm):
         return None
     # one atom per open case (the closest to refuted): proving it on every leaf refutes the case
@@ -249,15 +252,19 @@ def _why_exhausted(search) -> str:
 
 def _method_name(regions: list[_Region]) -> str:
     kinds = {type(r.search).__name__ for r in regions if r.search is not None}
-    return {"InputSplit": "input splitting", "ReluSplit": "ReLU splitting"}.get(
-        next(iter(kinds)) if len(kinds) == 1 else "", "none" if not kinds else "mixed"
-    )
+    return {
+        "InputSplit": "input splitting",
+        "Portfolio": "input splitting",
+        "ReluSplit": "ReLU splitting",
+    }.get(next(iter(kinds)) if len(kinds) == 1 else "", "none" if not kinds else "mixed")
 
 
 def _search_stats(regions: list[_Region]) -> dict:
-    leaves = sum(int(getattr(r.search, "leaves", 0) or getattr(getattr(r.search, "stats", None), "leaves", 0))
+    leaves = sum(r.search.leaves if isinstance(r.search, ReluSplit) else r.search.stats.leaves
                  for r in regions if r.search is not None)  # fmt: skip
     return {"leaves": leaves}
 
+
+BRANCHINGS = (*BRANCHINGS, "portfolio")
 
 __all__ = ["BRANCHINGS", "Result", "VerifierConfig", "decide"]

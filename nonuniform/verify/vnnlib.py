@@ -251,4 +251,18 @@ def _apply(literals: list[tuple], lower: np.ndarray, upper: np.ndarray, atoms: l
             atoms.append((lit[1], float(lit[2])))
 
 
+def __getattr__(name: str):
+    """``decide``/``Result`` lived here until 2026-12-02: still handed out, with a warning (the
+    import is by name at call time, so this module does not depend on the decider)."""
+    if name in ("decide", "Result"):
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"nonuniform.verify.vnnlib.{name} moved to nonuniform.verify.decide", DeprecationWarning, 2
+        )
+        return getattr(importlib.import_module("nonuniform.verify.decide"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["MAX_DISJUNCTS", "Property", "Region", "VnnlibError", "parse_vnnlib"]

@@ -113,7 +113,7 @@ CASES = [
     (["explain", "{d}/uncertified.npz", "--out", "{d}/x3"], "no certified box"),
     (["train", "--arch", "mlp:8:relu", "--out", "{d}/t.pt", "--batch-size", "0"], "--batch-size must be"),
     (["train", "--arch", "mlp:8:relu", "--out", "{d}/nodir/t.pt"], "does not exist"),
-    (["vnnlib", "{d}/a_file", "{d}/a_file"], "not a loadable nonuniform checkpoint"),
+    (["vnnlib", "{d}/a_file", "{d}/a_file"], "declares no X_i or no Y_j"),
 ]
 
 
@@ -288,6 +288,12 @@ def make_more_files(d):
         lstm = nn.LSTM(4, 3, batch_first=True)
         torch.onnx.export(lstm, torch.zeros(1, 5, 4), str(d / "lstm.onnx"), dynamo=False)
     (d / "outdir").mkdir()
+    (d / "instances.csv").write_text("regression.onnx,p.vnnlib,10\n")
+    (d / "bad_instances.csv").write_text("regression.onnx,p.vnnlib\n")
+    (d / "zero_instances.csv").write_text("regression.onnx,p.vnnlib,0\n")
+    head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n(assert (>= X_0 0))\n"
+    (d / "p.vnnlib").write_text(head + "(assert (>= Y_0 3))\n")
+    (d / "mixed.vnnlib").write_text(head + "(assert (>= Y_0 X_0))\n")
     np.save(d / "short.npy", np.ones(5, dtype=bool))
     np.save(d / "floats.npy", np.zeros((1, 28, 28)))
     return d
@@ -336,6 +342,28 @@ MORE_CASES = [
     ),
     (["certify", "mnist-mlp", "--out", "{d}/s6", "--floor", "-1"], "--floor must be a radius >= 0"),
     (["certify", "mnist-mlp", "--out", "{d}/s7", "--weights", "{d}/short.npy"], "--weights must be 784"),
+    (["vnnlib", "{d}/regression.onnx"], "give NET and PROP"),
+    (["vnnlib", "--instances", "{d}/instances.csv"], "--instances needs --out RESULTS.csv"),
+    (["vnnlib", "--instances", "{d}/instances.csv", "--out", "{d}/outdir"], "is a directory"),
+    (["vnnlib", "--instances", "{d}/bad_instances.csv", "--out", "{d}/r.csv"], "row 1 has 2 fields"),
+    (["vnnlib", "--instances", "{d}/zero_instances.csv", "--out", "{d}/r.csv"], "time-out must be positive"),
+    (
+        [
+            "vnnlib",
+            "{d}/regression.onnx",
+            "{d}/p.vnnlib",
+            "--instances",
+            "{d}/instances.csv",
+            "--out",
+            "{d}/r.csv",
+        ],
+        "not both",
+    ),  # fmt: skip
+    (
+        ["vnnlib", "{d}/regression.onnx", "{d}/p.vnnlib", "--branching", "random"],
+        "--branching must be one of",
+    ),
+    (["vnnlib", "{d}/regression.onnx", "{d}/mixed.vnnlib"], "mixes inputs and outputs"),
 ]
 
 
@@ -418,6 +446,10 @@ def test_fuzzed_input_files_only_raise_input_errors(tmp_path_factory, data):
                 ">=",
                 "and",
                 "or",
+                "+",
+                "-",
+                "*",
+                "X_1",
                 "0.5",
                 "-1",
                 "Real",

@@ -14,7 +14,8 @@ from torch import nn
 
 from nonuniform import UnsupportedModelError, certify_boxes, load_model
 from nonuniform.attacks.pgd import falsify_boxes
-from nonuniform.verify.vnnlib import VnnlibError, decide, parse_vnnlib
+from nonuniform.verify.decide import decide
+from nonuniform.verify.vnnlib import VnnlibError, parse_vnnlib
 from tests.graph_nets import PoolNet, TinyResNet
 from tests.nets import assert_bounds_sound, random_boxes
 

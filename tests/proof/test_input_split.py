@@ -41,7 +41,9 @@ def toys():
         lo, hi = 1e-3, 3.0
         for _ in range(8):
             mid = math.sqrt(lo * hi)
-            robust = verify_box_milp(model, (x - mid)[0], (x + mid)[0], label, time_limit=30).status == "robust"
+            robust = (
+                verify_box_milp(model, (x - mid)[0], (x + mid)[0], label, time_limit=30).status == "robust"
+            )
             lo, hi = (mid, hi) if robust else (lo, mid)
         out.append((model, BoundedModel(model, (5,), torch.float64), x, label, lo, hi))
     return out
@@ -66,7 +68,6 @@ def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5)) -> tuple[int, int, int]:
     return bad, proved, false_points
 
 
-
 def test_input_splitting_agrees_with_milp(toys):
     bad, proved, false_points = outcomes(toys)
     assert bad == 0 and false_points == 0
@@ -78,7 +79,11 @@ def test_a_dropped_half_is_caught(toys, monkeypatch):
 
     def keep_left_half(self, lo, hi, depth, dim):  # unsound on purpose: the right halves vanish
         original(self, lo, hi, depth, dim)
-        self.lo, self.hi, self.depth = self.lo[: -lo.shape[0]], self.hi[: -lo.shape[0]], self.depth[: -lo.shape[0]]
+        self.lo, self.hi, self.depth = (
+            self.lo[: -lo.shape[0]],
+            self.hi[: -lo.shape[0]],
+            self.depth[: -lo.shape[0]],
+        )
 
     monkeypatch.setattr(input_split.InputSplit, "_split", keep_left_half)
     bad, _, _ = outcomes(toys, scales=(1.03, 1.5))

@@ -67,7 +67,11 @@ def test_a_disjunction_of_input_boxes_is_sat_only_through_its_unsafe_box(tmp_pat
     label = int(model(x[None]).argmax())
     safe = ((x - 1e-3).double().numpy(), (x + 1e-3).double().numpy())
     huge = ((x - 50).double().numpy(), (x + 50).double().numpy())
-    prop = parse_vnnlib(write_property(tmp_path / "p.vnnlib", [safe, (safe[0] + 5e-4, safe[1] + 5e-4)], 3, not_label(label, 3)))
+    prop = parse_vnnlib(
+        write_property(
+            tmp_path / "p.vnnlib", [safe, (safe[0] + 5e-4, safe[1] + 5e-4)], 3, not_label(label, 3)
+        )
+    )
     assert len(prop.regions) == 2 and decide(model, prop, (5,), timeout=10).status == "unsat"
     prop = parse_vnnlib(write_property(tmp_path / "p.vnnlib", [safe, huge], 3, not_label(label, 3)))
     res = decide(model, prop, (5,), timeout=10)

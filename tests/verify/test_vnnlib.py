@@ -62,7 +62,12 @@ def test_nested_and_inside_or(tmp_path):
         ("(assert (>= Y_0 Y_1)", "unbalanced '\\('"),
         ("(assert (>= Y_0 Y_1)))\n", "unbalanced '\\)'"),
         ("", "no output constraint"),
-        ("(assert (>= Y_0 Z_3))\n", "unsupported output term 'Z_3'"),
+        ("(assert (>= Y_0 Z_3))\n", "unsupported term 'Z_3'"),
+        ("(assert (>= Y_0 X_0))\n", "mixes inputs and outputs"),
+        ("(assert (>= (* Y_0 Y_1) 0))\n", "product of two variables"),
+        ("(assert (>= (+ X_0 X_1) 0))\n(assert (>= Y_0 0))\n", "constraints over several inputs"),
+        ("(assert (>= Y_7 0))\n", "Y_7 is used but not declared"),
+        ("(assert (>= (exp Y_0) 0))\n", "unsupported term \\(exp Y_0\\)"),
         ("(assert (xor (>= Y_0 0.0)))\n", "starting with 'xor'"),
         ("(assert (>= X_0 3.0))\n(assert (>= Y_0 0.0))\n", "empty input box \\(X_0\\)"),
     ],
@@ -86,3 +91,42 @@ def test_numbers_in_scientific_notation(tmp_path):
     path.write_text(text)
     prop = parse_vnnlib(path)
     assert np.isclose(prop.upper[0], 0.1) and prop.disjuncts[0][0][1] == -2.5
+
+
+def test_linear_output_terms(tmp_path):
+    """Sums, differences, negation and scaling by constants (as some benchmarks write atoms)."""
+    ((c, d),) = parse(tmp_path, "(assert (>= (- (* 2 Y_0) Y_1) (+ 1 0.5)))\n").disjuncts[0]
+    assert c.tolist() == [2.0, -1.0] and d == 1.5
+    ((c, d),) = parse(tmp_path, "(assert (<= (- Y_1) -3))\n").disjuncts[0]
+    assert c.tolist() == [0.0, 1.0] and d == 3.0  # -Y_1 <= -3  <=>  Y_1 >= 3
+
+
+def test_a_disjunction_of_input_boxes_gives_regions(tmp_path):
+    """ACAS Xu property 6's form: (or (and box 1) (and box 2)) beside the plain bounds."""
+    prop = parse(
+        tmp_path,
+        "(assert (or (and (<= X_0 0.25)) (and (>= X_0 0.75) (<= X_1 0.0))))\n"
+        "(assert (or (>= Y_0 Y_1) (>= Y_1 9)))\n",
+    )
+    assert len(prop.regions) == 2 and prop.n_inputs == 2
+    first, second = prop.regions
+    assert first.lower.tolist() == [0.0, -2.0] and first.upper.tolist() == [0.25, 0.5]
+    assert second.lower.tolist() == [0.75, -2.0] and second.upper.tolist() == [1.0, 0.0]
+    assert len(first.disjuncts) == len(second.disjuncts) == 2
+    with pytest.raises(VnnlibError, match="2 input boxes"):
+        _ = prop.lower
+
+
+def test_a_disjunct_whose_box_is_empty_is_dropped(tmp_path):
+    prop = parse(tmp_path, "(assert (or (and (>= X_0 5.0) (>= Y_0 0)) (and (<= X_0 0.5) (>= Y_1 0))))\n")
+    assert len(prop.regions) == 1 and prop.upper[0] == 0.5
+    assert prop.disjuncts[0][0][0].tolist() == [0.0, 1.0]
+
+
+def test_shared_benchmark_properties_parse(vnncomp_dir):
+    files = sorted(vnncomp_dir.glob("**/*.vnnlib"))
+    files += sorted((vnncomp_dir.parent / "vnncomp2022").glob("**/*.vnnlib"))[:40]
+    assert len(files) > 20
+    for f in files:
+        prop = parse_vnnlib(f)
+        assert prop.regions and all(r.disjuncts for r in prop.regions)
