@@ -127,12 +127,19 @@ class ReluSplit:
         return self.stuck or (bool(self.queue) and self.leaves >= self.max_leaves)
 
     def run(self, deadline: float) -> None:
-        while self.queue and not self.exhausted and time.perf_counter() < deadline:
-            self._step()
+        """Bound leaves until ``deadline``; a batch is cut to what the measured seconds per leaf
+        say fits before it (one leaf of a CIFAR ResNet takes seconds: 64 would overrun)."""
+        while self.queue and not self.exhausted and (left := deadline - time.perf_counter()) > 0:
+            fits = int(left / self._per_leaf) if self._per_leaf else self.batch
+            t = time.perf_counter()
+            m = self._step(max(1, min(self.batch, fits)))
+            self._per_leaf = (time.perf_counter() - t) / m
 
-    def _step(self) -> None:
+    _per_leaf = 0.0
+
+    def _step(self, count: int) -> int:
         bm, lo, hi, spec = self.bm, self.lo, self.hi, self.spec
-        todo, self.queue = self.queue[: self.batch], self.queue[self.batch :]
+        todo, self.queue = self.queue[:count], self.queue[count:]
         m = len(todo)
         splits = {i: torch.cat([d[i] for d in todo]) for i in self.ops}
         lo_m, hi_m = lo.expand(m, *lo.shape[1:]), hi.expand(m, *hi.shape[1:])
@@ -160,12 +167,13 @@ class ReluSplit:
                     self.worst_proved = min(self.worst_proved, last)
                     continue
                 self.worst_open, self.stuck = last, True
-                return
+                return m
             i, idx = choice
             for side in SIDES:
                 child = {o: t.clone() for o, t in todo[j].items()}
                 child[i].view(-1)[idx] = side
                 self.queue.append(child)
+        return m
 
 
 def _last_try(bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, splits: dict[int, Tensor],
