@@ -193,9 +193,8 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=30.0)
     ap.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
     ap.add_argument("--compare", type=int, default=0, help="ACAS Xu rows for the branching comparison")
-    ap.add_argument(
-        "--from-csv", action="store_true", help="rebuild the tables from the rows of earlier runs"
-    )
+    ap.add_argument("--from-csv", action="store_true", help="rebuild tables from the rows of earlier runs")
+    ap.add_argument("--rerun-open", action="store_true", help="rerun what the cap left open at own time-outs")
     args = ap.parse_args()
     missing = [n for n in args.benchmarks if not BENCHMARKS[n].exists()]
     if missing:
@@ -207,7 +206,14 @@ def main() -> None:
     threads = torch.get_num_threads()
     stamp = f"{date.today().isoformat()}, commit {commit}, cap {args.cap:g} s, {threads} torch threads"
     for name in args.benchmarks:
-        results = from_csv(name) if args.from_csv else run(name, args.cap, VerifierConfig())
+        stamp_file = OUT / "vnnlib" / f"{name}.run.txt"
+        if args.from_csv:
+            results = from_csv(name)
+            run_stamp = stamp_file.read_text().strip() if stamp_file.exists() else "an earlier run"
+        else:
+            results = run(name, args.cap, VerifierConfig())
+            stamp_file.write_text(stamp + "\n")
+            run_stamp = stamp
         reruns = None
         if args.rerun_open:
             left = [
@@ -222,7 +228,15 @@ def main() -> None:
             reruns = from_csv(f"{name}_open", name)
         part = table(name, results, args.cap, reruns)
         (OUT / "vnnlib" / f"{name}.md").write_text(
-            "\n".join([part[0], "", f"Run: {stamp}.", *part[1:]]) + "\n"
+            "\n".join(
+                [
+                    part[0],
+                    "",
+                    f"Run: {run_stamp}" + (f"; open ones rerun {stamp}" if reruns else "") + ".",
+                    *part[1:],
+                ]
+            )
+            + "\n"
         )
     if args.compare:
         (OUT / "vnnlib" / "branching.md").write_text(

@@ -216,6 +216,10 @@ class InputSplit:
         """Halve each leaf along ``dim``; both halves inherit the leaf's op bounds ``pre``."""
         rows = torch.arange(lo.shape[0])
         mid = (lo[rows, dim] + hi[rows, dim]) / 2
+        thin = (mid <= lo[rows, dim]) | (mid >= hi[rows, dim])
+        if bool(thin.any()):  # a rule chose a dimension at float64 resolution: take the widest instead
+            dim = torch.where(thin, ((hi - lo) / self.root_width).argmax(1), dim)
+            mid = (lo[rows, dim] + hi[rows, dim]) / 2
         if bool(((mid <= lo[rows, dim]) | (mid >= hi[rows, dim])).any()):
             self._stuck = True  # a leaf too thin to halve in float64: give up, soundly
             self._push([lo], [hi], [depth], pre, 1)
