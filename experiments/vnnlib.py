@@ -141,7 +141,7 @@ def table(name: str, results: list, cap: float, reruns: list | None = None) -> l
                 "our counterexample is checked by float32 and float64 forward passes: "
                 "the `unsat` claims are wrong"
                 if r.status == "sat"
-                else "no counterexample is published here to check; our proof is float64 branch-and-bound "
+                else "no counterexample is published here to check; our proof is a float64 bound (CROWN family or branch-and-bound) "
                 "with a 1e-6 margin, and every other tool that decided the instance agrees with it"
             )
             dis.append(

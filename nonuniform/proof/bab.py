@@ -130,6 +130,8 @@ class ReluSplit:
         """Bound leaves until ``deadline``; a batch is cut to what the measured seconds per leaf
         say fits before it (one leaf of a CIFAR ResNet takes seconds: 64 would overrun)."""
         while self.queue and not self.exhausted and (left := deadline - time.perf_counter()) > 0:
+            if self._per_leaf and left < 0.8 * self._per_leaf:
+                return  # one more leaf would overrun the deadline (seconds per leaf on a ResNet)
             fits = int(left / self._per_leaf) if self._per_leaf else self.batch
             t = time.perf_counter()
             m = self._step(max(1, min(self.batch, fits)))

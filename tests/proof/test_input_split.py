@@ -156,3 +156,16 @@ def test_a_portfolio_is_proved_when_one_search_is(toys):
     both = Portfolio([InputSplit(bm, x - r, x + r, cases, branching=b) for b in ("sb", "fsb")])
     assert both.run(time.perf_counter() + 10) is None and both.proved and not both.exhausted
     assert both.stats.leaves >= 1
+
+
+def test_a_dimension_too_thin_to_halve_falls_back_to_the_widest():
+    model = mlp(nn.ReLU(), sizes=(3, 8, 3)).double().eval()
+    bm = BoundedModel(model, (3,), torch.float64)
+    lo = torch.tensor([[0.5, 0.0, -1.0]], dtype=torch.float64)
+    hi = torch.tensor([[0.5, 1.0, 1.0]], dtype=torch.float64)  # X_0 fixed: zero width
+    search = InputSplit(bm, lo, hi, robustness_cases(0, 3))
+    search.lo, search.hi, search.depth = search.lo[:0], search.hi[:0], search.depth[:0]
+    half = torch.tensor([[0.5, 0.5, 1.0]], dtype=torch.float64)  # a leaf: X_1 already halved once
+    search._split(lo, half, torch.zeros(1, dtype=torch.long), {}, torch.tensor([0]))
+    assert not search.exhausted and search.lo.shape[0] == 2
+    assert search.hi[0].tolist() == [0.5, 0.5, 0.0] and search.lo[1].tolist() == [0.5, 0.0, 0.0]
