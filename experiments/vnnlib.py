@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 from collections import Counter, defaultdict
 from datetime import date
@@ -141,8 +142,9 @@ def table(name: str, results: list, cap: float, reruns: list | None = None) -> l
                 "our counterexample is checked by float32 and float64 forward passes: "
                 "the `unsat` claims are wrong"
                 if r.status == "sat"
-                else "no counterexample is published here to check; our proof is a float64 bound (CROWN family or branch-and-bound) "
-                "with a 1e-6 margin, and every other tool that decided the instance agrees with it"
+                else "no counterexample is published here to check; our proof is a float64 bound "
+                "(CROWN family or branch-and-bound) with a 1e-6 margin, and every other tool that decided "
+                "the instance agrees with it"
             )
             dis.append(
                 f"- {r.instance.name}: ours {r.status} (agreeing: {', '.join(agree) or 'none'}); "
@@ -210,23 +212,23 @@ def main() -> None:
         if args.from_csv:
             results = from_csv(name)
             run_stamp = stamp_file.read_text().strip() if stamp_file.exists() else "an earlier run"
+            found = re.search(r"cap ([0-9.]+) s", run_stamp)
+            cap = float(found.group(1)) if found else args.cap  # the cap the rows were run at
         else:
             results = run(name, args.cap, VerifierConfig())
             stamp_file.write_text(stamp + "\n")
-            run_stamp = stamp
+            run_stamp, cap = stamp, args.cap
         reruns = None
         if args.rerun_open:
             left = [
-                r.instance
-                for r in results
-                if r.status not in ("sat", "unsat") and r.instance.timeout > args.cap
+                r.instance for r in results if r.status not in ("sat", "unsat") and r.instance.timeout > cap
             ]
             reruns = list(
                 run_instances(left, OUT / "vnnlib" / f"{name}_open.csv", load, name, None, VerifierConfig())
             )
         elif (OUT / "vnnlib" / f"{name}_open.csv").exists() and args.from_csv:
             reruns = from_csv(f"{name}_open", name)
-        part = table(name, results, args.cap, reruns)
+        part = table(name, results, cap, reruns)
         (OUT / "vnnlib" / f"{name}.md").write_text(
             "\n".join(
                 [
