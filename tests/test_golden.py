@@ -34,21 +34,21 @@ from typer.testing import CliRunner
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
-def assert_contains(old, new, path: str = "") -> None:
-    """Every value of ``old`` is in ``new`` (numbers to 1e-6 relative)."""
+def assert_contains(old, new, path: str = "", rel: float = 1e-6, abs_: float = 1e-9) -> None:
+    """Every value of ``old`` is in ``new`` (numbers to ``rel`` relative, ``abs_`` absolute)."""
     if isinstance(old, dict):
         assert isinstance(new, dict), path
         for k, v in old.items():
             if k == "file":  # where the boxes were read from: the test's copy
                 continue
             assert k in new, f"{path}{k} missing"
-            assert_contains(v, new[k], f"{path}{k}.")
+            assert_contains(v, new[k], f"{path}{k}.", rel, abs_)
     elif isinstance(old, list):
         assert isinstance(new, list) and len(old) == len(new), path
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            assert_contains(a, b, f"{path}[{i}].")
+            assert_contains(a, b, f"{path}[{i}].", rel, abs_)
     elif isinstance(old, float) and isinstance(new, (int, float)):
-        assert new == pytest.approx(old, rel=1e-6, abs=1e-9), path
+        assert new == pytest.approx(old, rel=rel, abs=abs_), path
     else:
         assert old == new, path
 
