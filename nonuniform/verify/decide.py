@@ -215,7 +215,6 @@ def _refute(bm: BoundedModel, region: _Region, method: str) -> None:
     atom_ok = lb.detach()[0] > -cases.offsets + MARGIN
     refuted = atom_ok[cases.index].any(1)
     region.open = [k for k, r in zip(region.open, refuted.tolist()) if not r]
-    region.gaps = (lb.detach()[0] + cases.offsets)[cases.index].max(1).values[~refuted]  # type: ignore[attr-defined]
 
 
 def _alpha_fits(details: dict, deadline: float) -> bool:
