@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from typing import Annotated
 
 import typer
@@ -125,6 +126,11 @@ def results_table(res, title: str = "") -> Table:
     return t
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings (a lowered batch, a deprecated name) as one plain line."""
+    typer.echo(f"warning: {one_line(str(message))}", err=True)
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -140,6 +146,7 @@ def _root(
         raise typer.Exit(0)
     from nonuniform.runtime.threads import configure_threads
 
+    warnings.showwarning = _warning_line
     try:
         configure_threads(threads)
     except ValueError as e:

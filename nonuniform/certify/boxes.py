@@ -40,8 +40,10 @@ from torch import Tensor, nn
 
 from ..engine.bounds import BoundedModel, margin_spec
 from ..proof.bab import grow_boxes, split_ops
-from ..runtime.device import free_memory, resolve_device
+from ..runtime.device import resolve_device
+from ..runtime.memory import out_of_memory
 from .finalise import finalise, uniform_radius
+from .memory import affordable_batch
 from .optimiser import optimise, polish, shaped_start
 from .problem import MIN_RADIUS, Problem, domain_tensors, radii
 from .result import BoxesFileError, CertifiedBoxes
@@ -77,9 +79,9 @@ def certify_boxes(
     device = resolve_device(cfg.device if cfg.device is not None else getattr(inputs, "device", "cpu"))
     x_all, y_all, bm = check_inputs_fit(model, inputs, labels, cfg, device)
     shape = tuple(x_all.shape[1:])
-    batch_size = _affordable_batch(bm, cfg.batch_size, device)
     check_dt = {"float64": torch.float64, "float32": torch.float32}[cfg.check_dtype]
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
+    batch_size = affordable_batch(bm, check_bm, x_all, cfg, cfg.batch_size)
     idx_all = np.arange(len(x_all)) if indices is None else np.asarray(indices)
     # exactly what a saved file will give back; the batch actually used
     recorded = {**cfg.to_dict(), "input_shape": list(shape), "batch_size": batch_size, "device": str(device)}
@@ -133,14 +135,6 @@ class _Tally:
         if self.progress is not None and self.done:
             self.progress(-self.done)
         self.done = 0.0
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """An allocation failure (Python's MemoryError, torch's CPU allocator, CUDA): worth retrying
-    with a smaller batch. Beyond a hard limit (``ulimit -v``, a cgroup with swap accounting off)
-    the kernel may kill the process instead; the parts already written survive that."""
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def check_inputs_fit(
@@ -331,29 +325,6 @@ def crown_problem(p: Problem) -> Problem:
     q = Problem(p.bm, p.x0, p.spec, cfg)
     q.shape = p.shape  # the same floors (set on p once the uniform radii are known)
     return q
-
-
-def _affordable_batch(bm: BoundedModel, batch_size: int, device: torch.device) -> int:
-    """Cap the batch so the optimiser's autograd tape fits in 60% of free memory.
-
-    Only recurrent models have an estimate (their tape grows with steps^2 * hidden^2: an LSTM
-    with hidden 64 at the default batch of 25 was killed for lack of memory on a 24 GB machine).
-    Samples are independent, so a smaller batch changes speed, never results.
-    """
-    estimate = getattr(bm.net, "tape_bytes_per_sample", None)
-    if estimate is None:
-        return batch_size
-    per_sample = max(1, estimate())
-    affordable = max(1, int(0.6 * free_memory(device)) // per_sample)
-    if affordable < batch_size:
-        warnings.warn(
-            f"batch_size {batch_size} would need ~{batch_size * per_sample / 2**30:.1f} GiB for the "
-            f"recurrent model's bounds; using {affordable} (free memory "
-            f"{free_memory(device) / 2**30:.1f} GiB)",
-            stacklevel=3,
-        )
-        return affordable
-    return batch_size
 
 
 __all__ = [

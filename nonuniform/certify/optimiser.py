@@ -82,8 +82,10 @@ def balance(p: Problem, idx: Tensor, rho: Tensor, on_step: Callable[[], None] | 
             lo, hi = p.box(*radii(p, r, idx[act]), p.x0[idx[act]])
             worst = p.margins(lo, hi, p.spec[idx[act]]).min(1).values
             obj = p.mean_log_width(lo, hi)
-            (loss_grad,) = torch.autograd.grad(worst.sum(), r, retain_graph=True)
-            (vol_grad,) = torch.autograd.grad(obj.sum(), r)
+            # the volume's small graph first: the bound's tape is then freed by its own gradient
+            # (kept alive into the next step's bound, it doubled the batch's peak memory)
+            (vol_grad,) = torch.autograd.grad(obj.sum(), r, retain_graph=True)
+            (loss_grad,) = torch.autograd.grad(worst.sum(), r)
         free = vol_grad > 0  # radii the box's width still depends on (not clipped away)
         ratio = vol_grad.clamp(min=1e-30).log() - (-loss_grad).clamp(min=1e-30).log()
         ratio = torch.where(free, ratio, 0.0)

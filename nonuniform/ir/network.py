@@ -144,6 +144,22 @@ class Network:
                 out[k].append(i)
         return out
 
+    def tape_bytes_per_sample(self, element_bytes: int = 4) -> int:
+        """A quick upper estimate of one differentiable bound's memory per sample, with no work.
+
+        CROWN tightens the input of each nonlinear op (up to 2 * size rows, lower and upper)
+        through every earlier op; dense coefficients of (rows, size_j) per visit, 3 of them kept
+        per visit. Patches, the unstable-neuron screen and freed temporaries make the real figure
+        smaller (measured 16x on oval21's cifar_base_kw), so this only decides whether the
+        measured estimate (:mod:`~nonuniform.certify.memory`) is worth making.
+        """
+        total, prefix = 0, math.prod(self.input_shape)
+        for op in self.ops:
+            if not isinstance(op, AffineOp):
+                total += 2 * math.prod(op.in_shape) * prefix
+            prefix += math.prod(op.out_shape)
+        return 3 * element_bytes * total
+
     def max_width(self, stop: int) -> int:
         """Largest per-sample tensor size among the outputs of ops[:stop] and the input."""
         sizes = [math.prod(self.input_shape)] + [math.prod(op.out_shape) for op in self.ops[:stop]]

@@ -21,9 +21,28 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes currently available on ``device`` (CPU: MemAvailable; CUDA: free device memory)."""
+    """Bytes currently available on ``device``. CUDA: free device memory. CPU: the least of the
+    system's MemAvailable, what the address-space limit leaves (``ulimit -v``) and what the
+    cgroup's memory limit leaves (containers, systemd slices)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    page = os.sysconf("SC_PAGE_SIZE")
+    limits = [_meminfo_available() or page * os.sysconf("SC_PHYS_PAGES")]
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        resource = None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if resource is not None else -1
+    statm = _read_int("/proc/self/statm", page)
+    if resource is not None and soft != resource.RLIM_INFINITY and statm is not None:
+        limits.append(soft - statm)
+    cap = _read_int("/sys/fs/cgroup/memory.max")
+    if cap is not None:
+        limits.append(cap - (_read_int("/sys/fs/cgroup/memory.current") or 0))
+    return max(0, int(min(x for x in limits if x is not None)))
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -31,7 +50,16 @@ def free_memory(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return None
+
+
+def _read_int(path: str, scale: int = 1) -> int | None:
+    """The first number in a small file (times ``scale``); None if absent or not a number ("max")."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0]) * scale
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 __all__ = ["free_memory", "resolve_device"]

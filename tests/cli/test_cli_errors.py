@@ -151,9 +151,12 @@ def test_damaged_part_is_recomputed_and_results_match(tmp_path):
     (out / "boxes.npz").unlink()
     part = sorted((out / "parts").glob("batch_*.npz"))[1]
     part.write_bytes(part.read_bytes()[:100])  # a part cut short
-    with pytest.warns(UserWarning, match="damaged or truncated boxes file"):
-        res = run("certify", "mnist-mlp", "--out", out, *base, "--resume")
+    res = run("certify", "mnist-mlp", "--out", out, *base, "--resume")
     assert res.exit_code == 0, res.output
+    # the library's warning, as the CLI shows it: one plain line
+    assert [ln for ln in res.output.splitlines() if "damaged or truncated boxes file" in ln][0].startswith(
+        "warning: "
+    )
     assert (out / "parts" / "damaged" / part.name).exists()
     a, b = CertifiedBoxes.load(out / "boxes.npz"), CertifiedBoxes.load(ref / "boxes.npz")
     assert np.array_equal(a.lower, b.lower) and np.array_equal(a.upper, b.upper)

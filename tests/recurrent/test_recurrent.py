@@ -8,6 +8,7 @@ from torch import nn
 
 from nonuniform import SequenceClassifier, UnsupportedModelError, certify_boxes, compute_bounds
 from nonuniform.attacks.pgd import falsify_boxes
+from nonuniform.certify.settings import CertifyConfig
 from nonuniform.engine.bounds import BoundedModel
 from tests.nets import assert_bounds_sound, random_boxes
 
@@ -129,13 +130,17 @@ def test_clear_errors():
 
 
 def test_batch_is_capped_to_free_memory_without_changing_results(monkeypatch):
-    import nonuniform.certify.boxes as boxes
+    import nonuniform.certify.memory as memory
 
     model = seq_model("lstm", seed=15)
     x = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(16))
     full = certify_boxes(model, x, iterations=5, batch_size=3)
-    per_sample = BoundedModel(model, SHAPE).net.tape_bytes_per_sample()
-    monkeypatch.setattr(boxes, "free_memory", lambda device: int(1.5 * per_sample / 0.6))
+    bm = BoundedModel(model, SHAPE)
+    est = memory.measure_memory(bm, BoundedModel(model, SHAPE, torch.float64), x, CertifyConfig.build(None))
+    assert est.per_sample <= bm.net.tape_bytes_per_sample()  # the quick estimate is the larger
+    monkeypatch.setattr(
+        memory, "free_memory", lambda device: int(est.batch_bytes(1) / memory.FREE_SHARE * 1.01)
+    )
     with pytest.warns(UserWarning, match="using 1"):
         capped = certify_boxes(model, x, iterations=5, batch_size=3)
     assert capped.settings["batch_size"] == 1
