@@ -22,6 +22,7 @@ from .options import (
     parse_fractions,
     parse_sizes,
     resolve_model,
+    with_output_range,
 )
 
 
@@ -144,6 +145,11 @@ def explain(
         return
     sizes = parse_sizes(k)
     k_grid = parse_fractions(eval_k, "--eval-k")
+    if evaluate and _output_range(boxes) is not None:
+        raise UserError(
+            f"{boxes} holds boxes certified for an output range; --evaluate compares rankings by how "
+            "fast a classifier's prediction changes: use --no-evaluate (or --certified)"
+        )
     res, net = _certified_boxes_and_model(boxes, out, model, evaluate)
     with progress_bar() as bar:
         task = bar.add_task("evaluating explanations", total=8 if evaluate else 0)
@@ -180,4 +186,14 @@ def _certified_boxes_and_model(boxes: Path, out: Path, model: str | None, need_m
         model = res.settings.get("model", {}).get("source", "")
         if not model:
             raise UserError(f"{boxes} does not record its model; pass --model")
-    return res, resolve_model(model, "cpu")[0]
+    return res, with_output_range(resolve_model(model, "cpu")[0], res.settings, res.inputs)
+
+
+def _output_range(boxes: Path):
+    """The output range the boxes file was certified for (None: a prediction), if readable."""
+    from nonuniform.certify.boxes import CertifiedBoxes
+
+    try:
+        return CertifiedBoxes.load(boxes).settings.get("output_range")
+    except Exception:  # the full load below reports a damaged file as one line
+        return None

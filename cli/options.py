@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -118,6 +119,53 @@ def parse_domain(text: str | None):
     if (lo_t >= hi_t).any():
         raise UserError(f"bad --domain '{text}': every LO must be below its HI")
     return domain
+
+
+OUTPUT_RANGE_HELP = (
+    "Certify that the outputs stay in a range instead of the prediction (regression models): LO,HI for "
+    "every output or LO:HI per output; inf for an open end. Labels are not read."
+)
+
+
+def parse_output_range(text: str | None) -> tuple[list[float], list[float]] | None:
+    """``LO,HI`` (every output) or ``LO:HI,LO:HI,...`` (one range per output); ``inf`` / ``-inf``
+    leave an end open."""
+    if text is None:
+        return None
+    example = "use LO,HI (e.g. -1,1) or one LO:HI per output (e.g. -1:1,0:inf)"
+    try:
+        if ":" in text:
+            pairs = [tuple(float(v) for v in p.split(":")) for p in text.split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+        else:
+            lo_, hi_ = (float(v) for v in text.split(","))
+            pairs = [(lo_, hi_)]
+    except ValueError:
+        raise UserError(f"bad --output-range '{text}'; {example}") from None
+    if any(math.isnan(v) for p in pairs for v in p) or any(not lo < hi for lo, hi in pairs):
+        raise UserError(f"bad --output-range '{text}': every LO must be below its HI; {example}")
+    if all(math.isinf(v) for p in pairs for v in p):
+        raise UserError(f"bad --output-range '{text}': at least one end must be finite")
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def output_range_classes(net, config: CertifyConfig, x) -> tuple[str, ...]:
+    """The class names of the output-range head (figures, tables); its errors as one line."""
+    try:
+        return config.for_output_range(net, x).class_names
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"--output-range: {e}") from None
+
+
+def with_output_range(net, settings: dict, example):
+    """``net`` with the output-range head a stored result was computed for (none: ``net``)."""
+    if settings.get("output_range") is None:
+        return net
+    import torch
+
+    rng = CertifyConfig.build(None, output_range=settings["output_range"])
+    return rng.for_output_range(net, torch.as_tensor(example[:1]))
 
 
 def feature_array(path: str | None, flag: str):

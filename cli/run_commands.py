@@ -22,15 +22,19 @@ from .app import (
     user_errors,
 )
 from .options import (
+    OUTPUT_RANGE_HELP,
     certify_config,
     check_output_dir,
     check_seconds,
     feature_array,
+    output_range_classes,
     parse_backend,
     parse_domain,
     parse_groups,
+    parse_output_range,
     parse_shape,
     resolve_model,
+    with_output_range,
 )
 
 
@@ -146,6 +150,7 @@ def certify(
     weights: Annotated[
         str | None, typer.Option(help="FILE.npy: per-feature weights (>= 0) of the objective.")
     ] = None,
+    output_range: Annotated[str | None, typer.Option(help=OUTPUT_RANGE_HELP)] = None,
 ) -> None:
     """Certify the largest non-uniform box around each selected sample."""
     from nonuniform.certify.settings import CertifyConfig
@@ -159,15 +164,18 @@ def certify(
         joint_slopes=joint_slopes, alpha_steps=alpha_steps, alpha_steps_check=alpha_steps_check,
         objective=objective, floor=floor, groups=parse_groups(groups),
         frozen=feature_array(frozen, "--frozen"), whole=feature_array(whole_domain, "--whole-domain"),
-        weights=feature_array(weights, "--weights"),
+        weights=feature_array(weights, "--weights"), output_range=parse_output_range(output_range),
     )  # fmt: skip
     net, card, dev = resolve_model(model, device, parse_shape(input_shape), parse_domain(domain))
     config = with_domain(CertifyConfig.build(config, device=str(dev)), card)
     check_dataset_matches(card, dataset)
     ray = parse_backend(backend, address, workers, gpus_per_worker)
-    data = load_inputs(dataset, data_dir, indices, count, card.input_shape)
-    check_inputs(data, len(card.class_names), dataset)
+    ranged = config.output_range is not None
+    data = load_inputs(dataset, data_dir, indices, count, card.input_shape, labels=not ranged)
+    check_inputs(data, 2 if ranged else len(card.class_names), dataset)
     x, y, idx, source, class_names = data.x, data.y, data.indices, data.source, data.class_names
+    if ranged:
+        class_names = output_range_classes(net, config, x)
     saved = [0]
     bar = progress_bar(certified=True)
     task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False, certified=0)
@@ -284,11 +292,12 @@ def verify(
     if json_out:
         out_console.print_json(json.dumps(report.to_dict()))
     else:
-        milp_counts = dict(zip(*np.unique(list(report.milp.values()), return_counts=True)))
+        found = list(report.milp.values())
+        milp_counts = ", ".join(f"{found.count(k)} {k}" for k in sorted(set(found))) or "none"
         out_console.print(
             f"{report.certified} certified boxes checked: malformed {len(report.malformed)}, fresh bound "
             f"failures {len(report.bound_failures)}, attack counterexamples {len(report.attack_failures)}"
-            + (f", MILP {milp_counts}" if milp else "")
+            + (f", MILP: {milp_counts}" if milp else "")
             + (f", proved by branch-and-bound {len(report.bab_proved)}" if report.bab_proved else "")
         )
         out_console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
@@ -304,7 +313,7 @@ def verify_explanation_file(path: Path, model: str | None, attack_restarts: int,
     model = model or expl.settings.get("model", {}).get("source", "")
     if not model:
         raise UserError(f"{path} does not record its model; pass MODEL explicitly")
-    net, _, _ = resolve_model(model, "cpu")
+    net = with_output_range(resolve_model(model, "cpu")[0], expl.settings, expl.inputs)
     report = verify_explanations(net, expl, attack_restarts=attack_restarts)
     if json_out:
         out_console.print_json(json.dumps(report))

@@ -141,6 +141,8 @@ def explain_certified_boxes(
     )
     expl.settings["model"] = boxes.settings.get("model", {})
     expl.settings["indices"] = sub.indices.tolist()
+    if boxes.settings.get("output_range") is not None:  # the property proved: outputs in range
+        expl.settings["output_range"] = boxes.settings["output_range"]
     expl.save(out / "certified.npz")
     title = (
         f"certified explanations (order {order}, {'whole domain' if eps is None else f'eps {eps}'}): S in red"

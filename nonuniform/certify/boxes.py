@@ -77,7 +77,7 @@ def certify_boxes(
         cfg = CertifyConfig.build(cfg, domain=UNIT_DOMAIN)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device if cfg.device is not None else getattr(inputs, "device", "cpu"))
-    x_all, y_all, bm = check_inputs_fit(model, inputs, labels, cfg, device)
+    x_all, y_all, bm, model = check_inputs_fit(model, inputs, labels, cfg, device)
     shape = tuple(x_all.shape[1:])
     check_dt = {"float64": torch.float64, "float32": torch.float32}[cfg.check_dtype]
     check_bm = BoundedModel(model, shape, check_dt, device) if check_dt != torch.float32 else bm
@@ -139,11 +139,12 @@ class _Tally:
 
 def check_inputs_fit(
     model: nn.Module, inputs, labels, cfg: CertifyConfig, device: torch.device | str = "cpu"
-) -> tuple[Tensor, Tensor | None, BoundedModel]:
+) -> tuple[Tensor, Tensor | None, BoundedModel, nn.Module]:
     """Everything about the inputs that can be refused before any work (so a run directory is
     never started for them): batched shape the model takes, a domain that fits and contains them,
     labels per input, a classifier with two or more classes. Returns the inputs and labels on
-    ``device`` and the bounded model (float32)."""
+    ``device``, the bounded model (float32) and the model certified (with the output-range head
+    when the settings have one)."""
     x_all = torch.as_tensor(inputs, dtype=torch.float32).to(device)
     if x_all.dim() < 2 or len(x_all) == 0:
         raise ValueError(f"inputs must be a non-empty batch, (N, *input_shape); got {tuple(x_all.shape)}")
@@ -164,18 +165,24 @@ def check_inputs_fit(
         raise ValueError(
             "no feature is left to certify: every feature is frozen, whole-domain or fixed by the domain"
         )
+    if cfg.output_range is not None:  # class 0 of the head is "in range"; any labels are targets
+        labels = torch.zeros(len(x_all), dtype=torch.long)
     y_all = None if labels is None else torch.as_tensor(labels).long().to(device)
     if y_all is not None and y_all.shape != x_all.shape[:1]:
         raise ValueError(f"{len(y_all)} labels for {len(x_all)} inputs")
     bm = BoundedModel(model, tuple(x_all.shape[1:]), torch.float32, device)
+    if cfg.output_range is not None:  # the plain model read first: its errors name its own layers
+        model = cfg.for_output_range(model, x_all)
+        bm = BoundedModel(model, tuple(x_all.shape[1:]), torch.float32, device)
     if bm.num_classes < 2:
         raise ValueError(
             f"the model has {bm.num_classes} output; certifying a prediction needs a classifier with at "
-            "least two classes (a regression model's output interval is not supported)"
+            "least two classes; for a regression model certify an output range instead "
+            "(--output-range LO,HI / output_range=(lo, hi))"
         )
     if cfg.bab and not (hasattr(bm.net, "ops") and split_ops(bm)):
         raise ValueError("bab=True splits ReLU/LeakyReLU neurons of feedforward models; this model has none")
-    return x_all, y_all, bm
+    return x_all, y_all, bm, model
 
 
 def _certify_batch(

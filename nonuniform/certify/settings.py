@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..engine.methods import METHODS, Method
 from .shapes import floor_fraction
@@ -115,6 +116,9 @@ class CertifyConfig:
     weights: Any = box(None)
     floor: float = box(0.0)
     objective: str = box("volume")
+    # Certify an output range instead of the prediction (``ir/output_range.py``): (lower, upper),
+    # each one number for every output or one per output; +-inf for an open end.
+    output_range: Any = box(None)
     # Samples whose optimisation shares a seed; the optimiser itself draws no random numbers.
     seed: int = box(0)
     batch_size: int = run(25)  # samples optimised together (independent of each other)
@@ -160,6 +164,12 @@ class CertifyConfig:
             raise ValueError("`bab` proves its leaves in float64: keep `check_dtype` float64")
         if self.domain is not None:
             self.domain = normalise_domain(self.domain)
+        if self.output_range is not None:
+            self.output_range = _output_range(self.output_range)
+            if self.per_logit:
+                raise ValueError(
+                    "`output_range` bounds the outputs' margins; it cannot be combined with `per_logit`"
+                )
         floor_fraction(self.objective)  # validates
         if not (math.isfinite(float(self.floor)) and float(self.floor) >= 0):
             raise ValueError(f"`floor` must be a radius >= 0, got {self.floor}")
@@ -169,6 +179,22 @@ class CertifyConfig:
         for name, dtype in (("frozen", bool), ("whole", bool), ("weights", np.float64)):
             if getattr(self, name) is not None:
                 setattr(self, name, _as_list(getattr(self, name), dtype, name))
+
+    def for_output_range(self, model, example):
+        """``model`` itself, or with the output-range head when ``output_range`` is set (an
+        :class:`~nonuniform.ir.output_range.OutputRange` is kept as it is). ``example``: one batch
+        of inputs, to count the outputs."""
+        from ..ir.output_range import OutputRange
+
+        if self.output_range is None or isinstance(model, OutputRange):
+            return model
+        with torch.no_grad():
+            out = model(example[:1])
+        if out.dim() != 2:
+            raise ValueError(
+                f"an output range needs outputs shaped (N, outputs); the model gives {tuple(out.shape)}"
+            )
+        return OutputRange(model, *self.output_range, outputs=out.shape[1])
 
     # -- what identifies a box, and the round trip through JSON -------------------------------
     def identity(self) -> dict[str, Any]:
@@ -214,6 +240,19 @@ class CertifyConfig:
                 values[key] = None
         values.update(overrides)
         return cls(**values)
+
+
+def _output_range(value) -> list:
+    """(lower, upper) with each end a number or a list of numbers (JSON-safe floats, inf kept)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"`output_range` must be (lower, upper); got {value!r}")
+    ends = []
+    for end in value:
+        arr = np.asarray(end, dtype=np.float64)
+        if arr.ndim > 1 or np.isnan(arr).any():
+            raise ValueError(f"`output_range` ends must be numbers or lists of numbers; got {end!r}")
+        ends.append(arr.tolist())
+    return ends
 
 
 def _as_list(values, dtype, name: str) -> list:

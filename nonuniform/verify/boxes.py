@@ -22,6 +22,7 @@ from torch import nn
 from ..attacks.pgd import falsify_boxes
 from ..certify.problem import domain_tensors
 from ..certify.result import CertifiedBoxes
+from ..certify.settings import CertifyConfig
 from ..engine.bounds import compute_bounds, margin_spec
 
 #: the file name of a verification record in a run directory
@@ -99,6 +100,9 @@ def verify_boxes(
         bad |= ~((lo >= d_lo) & (hi <= d_hi)).flatten(1).all(1)
     report.malformed = [int(ids[i]) for i in cert[bad.cpu().numpy()]]
     preds = torch.tensor(boxes.preds[cert], device=device)
+    if boxes.settings.get("output_range") is not None:  # the same head the boxes were certified with
+        rng = CertifyConfig.build(None, output_range=boxes.settings["output_range"])
+        model = rng.for_output_range(model, x0[:1].float())
     model64 = copy.deepcopy(model).double()
     with torch.no_grad():
         n_cls = int(model64(x0[:1]).shape[1])

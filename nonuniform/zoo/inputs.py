@@ -67,13 +67,15 @@ def load_inputs(
     indices: str | None = None,
     count: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    labels: bool = True,
 ) -> Inputs:
     """The selected samples of ``dataset`` (``mnist``, ``fashion-mnist`` or a path ``.npz``).
 
     A named data set is read from ``data_dir`` (or ``$NONUNIFORM_DATA``); without one, the
-    embedded test samples are used and ``source`` says so."""
+    embedded test samples are used and ``source`` says so. ``labels=False``: the labels are not
+    read (output ranges: a regression data set's targets are not class indices)."""
     if dataset.endswith(".npz"):
-        return _load_npz(Path(dataset), indices, count, input_shape)
+        return _load_npz(Path(dataset), indices, count, input_shape, labels)
     info = dataset_info(dataset)
     try:
         ds = load_dataset(info.name, "test", data_dir, download=False)
@@ -84,10 +86,10 @@ def load_inputs(
         x, y = load_samples(info.name)
         source = f"{info.name}: the {len(x)} embedded test samples (full set not found: {e})"
     idx = select_indices(indices, count, len(x))
-    return Inputs(x[idx], y[idx], idx, source, info.class_names)
+    return Inputs(x[idx], y[idx] if labels else None, idx, source, info.class_names)
 
 
-def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
+def _load_npz(path: Path, indices, count, input_shape, use_labels: bool = True) -> Inputs:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
@@ -98,7 +100,7 @@ def _load_npz(path: Path, indices, count, input_shape) -> Inputs:
                     f"{path}: needs an array 'inputs' (N, ...) and optionally 'labels' (N,); has {z.files}"
                 )
             raw = z[key]
-            labels = z["labels"] if "labels" in z.files else None
+            labels = z["labels"] if "labels" in z.files and use_labels else None
     except InputError:
         raise
     except ValueError as e:
@@ -197,7 +199,7 @@ def check_inputs(inputs: Inputs, num_classes: int, where: str) -> None:
     if num_classes < 2:
         raise InputError(
             f"the model has {num_classes} output; certifying a prediction needs a classifier with at least "
-            "two classes (a regression model's output interval is not supported)"
+            "two classes; for a regression model certify an output range (--output-range LO,HI)"
         )
     x, y = inputs.x, inputs.y
     bad = ~torch.isfinite(x)

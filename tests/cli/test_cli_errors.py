@@ -367,7 +367,52 @@ MORE_CASES = [
         "--branching must be one of",
     ),
     (["vnnlib", "{d}/regression.onnx", "{d}/mixed.vnnlib"], "mixes inputs and outputs"),
+    *(
+        (
+            [
+                "certify",
+                "{d}/regression.onnx",
+                "--out",
+                f"{{d}}/r{i}",
+                "--domain",
+                "0,1",
+                "--output-range",
+                rng,
+            ],
+            needle,
+        )
+        for i, (rng, needle) in enumerate(
+            [
+                ("1,0", "every LO must be below its HI"),
+                ("a,b", "bad --output-range 'a,b'"),
+                ("-inf,inf", "at least one end must be finite"),
+                ("0:1,0:1", "one number or one per output (1 here)"),
+            ]
+        )
+    ),
 ]
+
+
+def test_a_regression_model_is_certified_for_an_output_range(more_files, tmp_path):
+    """The one-output model MORE_CASES refuses for margins, certified for an output range; the
+    dataset's labels are not read; verify re-checks with the recorded range; explain's
+    evaluation against a prediction is refused."""
+    import json
+
+    out = tmp_path / "run"
+    res = run("certify", more_files / "regression.onnx", "--out", out, "--domain", "0,1", "--count", 3,
+              "--output-range", "-100,100", "--no-figures", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["summary"]
+    assert summary["certified"] == 3 and summary["settings"]["output_range"] == [[-100.0], [100.0]]
+    res = run("verify", out / "boxes.npz", more_files / "regression.onnx")
+    assert res.exit_code == 0 and "OK" in res.output, res.output
+    assert_one_line_error(run("explain", out / "boxes.npz", "--out", tmp_path / "e"), "--no-evaluate")
+    # certified explanations prove the range too, and verify re-proves them with it
+    res = run("explain", out / "boxes.npz", "--out", tmp_path / "c", "--certified", "--eps", "0.01")
+    assert res.exit_code == 0, res.output
+    res = run("verify", tmp_path / "c" / "certified.npz", more_files / "regression.onnx")
+    assert res.exit_code == 0 and "OK" in res.output, res.output
 
 
 @pytest.mark.parametrize("args,needle", MORE_CASES, ids=[f"more-{i}" for i in range(len(MORE_CASES))])

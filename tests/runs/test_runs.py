@@ -50,6 +50,7 @@ CHANGED = {
     "weights": np.full((1, 28, 28), 2.0),
     "floor": 1e-4,
     "objective": "apothem",
+    "output_range": (-100.0, 100.0),
     "seed": 1,
 }
 #: alpha-CROWN-only fields are compared on an alpha-crown run
