@@ -105,7 +105,8 @@ def certify_boxes(
                 ) from None
             batch_size = max(1, batch_size // 2)
             warnings.warn(
-                f"out of memory: certifying in batches of {batch_size} (results do not change)", stacklevel=2
+                f"out of memory: certifying in batches of {batch_size} (the same boxes up to float rounding)",
+                stacklevel=2,
             )
             recorded = {**recorded, "batch_size": batch_size}
             gc.collect()

@@ -107,8 +107,8 @@ def affordable_batch(
     if fits < batch_size:
         warnings.warn(
             f"batch_size {batch_size} would need ~{est.batch_bytes(batch_size) / 2**30:.1f} GiB for the "
-            f"bounds; using {fits} (free memory {free_memory(device) / 2**30:.1f} GiB; the boxes do not "
-            "change)",
+            f"bounds; using {fits} (free memory {free_memory(device) / 2**30:.1f} GiB; the same boxes up "
+            "to float rounding)",
             stacklevel=3,
         )
     return fits
