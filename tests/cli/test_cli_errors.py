@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nonuniform_cli.main import UserError, app, parse_domain, parse_shape
+from nonuniform_cli.options import parse_output_range
 from typer.testing import CliRunner
 
 from nonuniform import CertifiedBoxes
 from nonuniform.certify.result import BoxesFileError
+from nonuniform.certify.settings import CertifyConfig
 from nonuniform.zoo.inputs import InputError, select_indices
 
 runner = CliRunner()
@@ -195,13 +197,16 @@ def test_select_indices_only_raises_input_errors(spec, count, available):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="0123456789,:x-. e", max_size=24))
-def test_parse_shape_and_domain_only_raise_user_errors(text):
-    for parse in (parse_shape, parse_domain):
+@given(st.text(alphabet="0123456789,:x-. einfa", max_size=24))
+def test_parse_shape_domain_and_output_range_only_raise_user_errors(text):
+    for parse in (parse_shape, parse_domain, parse_output_range):
         try:
-            parse(text)
+            parsed = parse(text)
         except UserError:
-            pass
+            continue
+        if parse is parse_output_range and parsed is not None:  # what it accepts, the library accepts
+            lo, hi = parsed
+            assert all(a < b for a, b in zip(lo, hi)) and CertifyConfig(output_range=parsed).output_range
 
 
 def _boxes_bytes() -> bytes:
