@@ -120,12 +120,12 @@ def verify_boxes(
     failed = (lb.min(1).values <= 0).cpu().numpy()
     if (boxes.settings.get("bab", False) if bab is None else bab) and failed.any():
         from ..engine.bounds import BoundedModel
-        from ..proof.bab import bab_prove
+        from ..proof.bab import prove_boxes
 
         budget = bab_time if bab_time is not None else float(boxes.settings.get("bab_time", 30.0))
         sel = np.nonzero(failed)[0]
         bm64 = BoundedModel(model64, tuple(x0.shape[1:]), torch.float64, device)
-        res = bab_prove(bm64, lo[sel], hi[sel], margin_spec(preds[sel], n_cls).double(), 1e-12, budget)
+        res = prove_boxes(bm64, lo[sel], hi[sel], margin_spec(preds[sel], n_cls).double(), 1e-12, budget)
         proved = res.proved.cpu().numpy()
         report.bab_proved = [int(ids[cert[i]]) for i in sel[proved]]
         failed[sel[proved]] = False

@@ -50,6 +50,8 @@ def test_a_lowered_batch_says_so_and_gives_the_same_boxes(monkeypatch):
     )
     room = est.batch_bytes(2) / memory.FREE_SHARE * 1.01  # two samples fit, not three
     monkeypatch.setattr(memory, "free_memory", lambda device: int(room))
+    # the measurement's own accuracy is tested above; re-measuring here may differ by a few bytes
+    monkeypatch.setattr(memory, "measure_memory", lambda *a: est)
     with pytest.warns(UserWarning, match="batch_size 4 would need .* using 2"):
         small = certify_boxes(net, x, batch_size=4)
     assert small.settings["batch_size"] == 2

@@ -132,3 +132,37 @@ def test_cli_certify_bab_then_verify(tmp_path):
     r = CliRunner().invoke(app, ["verify", str(out / "boxes.npz"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ok"] is True
+
+
+def test_input_split_box_proofs_never_prove_what_milp_refutes():
+    """prove_boxes on a 2-input net (input splitting): every proved box has an exact minimum margin
+    of at least the threshold; some boxes are proved and some are not (the test can fail)."""
+    model = mlp(nn.ReLU(), sizes=(2, 16, 16, 3), seed=1).eval()
+    bm64 = BoundedModel(model, (2,), torch.float64)
+    g = torch.Generator().manual_seed(5)
+    c = torch.rand(12, 2, generator=g, dtype=torch.float64)
+    r = 0.02 + 0.3 * torch.rand(12, 1, generator=g, dtype=torch.float64)
+    preds = model(c.float()).argmax(1)
+    threshold = 0.05
+    res = bab.prove_boxes(bm64, c - r, c + r, margin_spec(preds, 3).double(), threshold, time_budget=2.0)
+    assert res.proved.any() and (~res.proved).any(), res.proved
+    for k in range(len(c)):
+        exact = verify_box_milp(
+            model, (c[k] - r[k]).float(), (c[k] + r[k]).float(), int(preds[k]), time_limit=30
+        )
+        if res.proved[k]:
+            assert exact.status == "robust" and exact.min_margin >= threshold - 1e-5, (k, exact)
+
+
+def test_growth_by_input_splitting_is_sound_and_not_smaller_than_by_relu_splitting(monkeypatch):
+    from nonuniform import certify_boxes, verify_boxes
+
+    model = mlp(nn.ReLU(), sizes=(2, 16, 16, 3), seed=1).eval()
+    x = torch.rand(6, 2, generator=torch.Generator().manual_seed(3))
+    split = certify_boxes(model, x, iterations=20, bab=True, bab_time=2.0)
+    assert verify_boxes(model, split).ok
+    monkeypatch.setattr(bab, "INPUT_SPLIT_MAX", 0)  # the ReLU branch-and-bound instead
+    relu = certify_boxes(model, x, iterations=20, bab=True, bab_time=2.0)
+    cert = split.certified & relu.certified
+    assert cert.sum() >= 4
+    assert (split.log_volume[cert] >= relu.log_volume[cert] - 1e-6).all(), (split.log_volume, relu.log_volume)
