@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"
 OUT = ROOT / "experiments" / "results" / "bab_small_inputs.md"
 NETS = {  # benchmark csv, network file name
-    "ACAS Xu 1_1": ("vnncomp2021/acasxu/instances.csv", "ACASXU_run2a_1_1_batch_2000.onnx"),
-    "ACAS Xu 2_1": ("vnncomp2021/acasxu/instances.csv", "ACASXU_run2a_2_1_batch_2000.onnx"),
+    "ACAS Xu 1_1": ("vnncomp2021/acasxu/acasxu_instances.csv", "ACASXU_run2a_1_1_batch_2000.onnx"),
+    "ACAS Xu 2_1": ("vnncomp2021/acasxu/acasxu_instances.csv", "ACASXU_run2a_2_1_batch_2000.onnx"),
     "cartpole": ("vnncomp2022/rl_benchmarks/instances.csv", "cartpole.onnx"),
     "lunarlander": ("vnncomp2022/rl_benchmarks/instances.csv", "lunarlander.onnx"),
 }

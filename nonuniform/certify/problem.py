@@ -41,7 +41,26 @@ def domain_tensors(domain, like: Tensor) -> tuple[Tensor, Tensor]:
                 f"{tuple(like.shape)}: give one (lo, hi) pair per channel ({like.shape[0]} here), an array "
                 "shaped like one input, or one pair for all features (--domain 0,1 / domain=(0, 1))"
             ) from None
-    return ends[0], ends[1]
+    lo, hi = ends
+    if like.dtype != torch.float64:  # round the ends inwards: a box clipped to them stays inside
+        lo = _inward(lo, _as_ends(domain[0], lo), +1)
+        hi = _inward(hi, _as_ends(domain[1], hi), -1)
+    return lo, hi
+
+
+def _as_ends(d, like: Tensor) -> Tensor:
+    """One end of the domain in float64, shaped like ``like`` (the same reading as above)."""
+    return domain_tensors((d, d), like.to(torch.float64))[0]
+
+
+def _inward(t: Tensor, exact: Tensor, direction: int) -> Tensor:
+    """``t`` (rounded from ``exact``) moved one step towards ``direction`` where rounding moved it
+    outwards (float32 ends of a float64 domain can lie just outside it)."""
+    out = t.to(torch.float64) < exact if direction > 0 else t.to(torch.float64) > exact
+    if not bool(out.any()):
+        return t
+    step = torch.nextafter(t, torch.full_like(t, math.inf * direction))
+    return torch.where(out, step, t)
 
 
 class Problem:

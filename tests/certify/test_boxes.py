@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nonuniform import CertifiedBoxes, certify_boxes, compute_bounds, load_model
+from nonuniform import CertifiedBoxes, certify_boxes, compute_bounds, load_model, verify_boxes
 from nonuniform.attacks.pgd import falsify_boxes
 from nonuniform.certify.finalise import uniform_radius
 from nonuniform.certify.optimiser import balance, shaped_start
@@ -336,3 +336,19 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_boxes(monkeypatch):
     monkeypatch.setattr(boxes_module, "_certify_batch", no_memory)
     with pytest.raises(ValueError, match="one sample's bounds do not fit"), pytest.warns(UserWarning):
         certify_boxes(model, x, y, batch_size=2)
+
+
+def test_boxes_stay_inside_a_domain_whose_ends_float32_cannot_hold():
+    """float32 ends of a float64 domain are rounded inwards, so a box clipped to them is inside the
+    domain as recorded (verify used to call such boxes malformed: found on the control policies)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    lo, hi = [-0.3035311, 0.1000001], [-0.2901, 0.1100003]  # a small domain: boxes reach its ends
+    x = torch.tensor([[-0.297, 0.105], [-0.295, 0.106]])
+    res = certify_boxes(net, x, domain=(lo, hi))
+    assert res.certified.all()
+    lo64, hi64 = np.array(lo), np.array(hi)
+    assert (res.lower.astype(np.float64) >= lo64).all() and (res.upper.astype(np.float64) <= hi64).all()
+    assert np.isclose(res.lower.astype(np.float64), lo64, atol=1e-6).any()  # the ends are reached
+    report = verify_boxes(net, res)
+    assert report.ok and not report.malformed

@@ -167,8 +167,8 @@ def test_vnnlib_parser_reads_disjunctions_and_constants(tmp_path):
 
 def test_vnnlib_decisions_on_a_small_net_are_right(tmp_path):
     """unsat on a tiny box (checked by sampling), sat with a counterexample on a huge one."""
+    torch.manual_seed(0)  # before the net: its weights decide whether the huge box holds a counterexample
     net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    torch.manual_seed(0)
     x0 = torch.tensor([[0.3, -0.2]])
     c = int(net(x0).argmax())
     head = "".join(f"(declare-const X_{i} Real)\n" for i in range(2))
