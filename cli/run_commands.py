@@ -175,7 +175,7 @@ def certify(
     check_inputs(data, 2 if ranged else len(card.class_names), dataset)
     x, y, idx, source, class_names = data.x, data.y, data.indices, data.source, data.class_names
     if ranged:
-        class_names = output_range_classes(net, config, x)
+        class_names = output_range_classes(net, config, x[:1].to(dev))
     saved = [0]
     bar = progress_bar(certified=True)
     task = bar.add_task(f"certifying with {card.name} ({method})", total=len(idx), start=False, certified=0)
