@@ -144,9 +144,11 @@ def _root(
 
         typer.echo(f"nonuniform {nonuniform.__version__}")
         raise typer.Exit(0)
+    from nonuniform.runtime.allocator import configure_allocator
     from nonuniform.runtime.threads import configure_threads
 
     warnings.showwarning = _warning_line
+    configure_allocator()  # large tensors stay in the heap: no page faults at every bound
     try:
         configure_threads(threads)
     except ValueError as e:

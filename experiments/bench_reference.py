@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nonuniform import Normalize, load_model
+from nonuniform import Normalize, configure_allocator, load_model
 from nonuniform.engine.bounds import BoundedModel, margin_spec
 from nonuniform.ir.graph_ops import AddOp, ReshapeOp
 from nonuniform.ir.ops import Activation, ConvOp, LinearOp
@@ -234,6 +234,7 @@ def main() -> None:
         )
         return
     torch.set_num_threads(1)
+    allocator = configure_allocator()  # the CLI's policy; one process, so both tools run under it
     rows = []
     for name, model, xc, eps, domain, norm in cases():
         if args.only and not any(o in name for o in args.only):
@@ -283,7 +284,8 @@ def main() -> None:
         "",
         "Reproduce (alone on the machine): `.venv/bin/python experiments/bench_reference.py --reference "
         "REF_SITE_PACKAGES` (see the script's docstring for building the reference privately).",
-        f"CPU, one torch thread per tool, torch {torch.__version__}; medians of {args.repeats} interleaved "
+        f"CPU, one torch thread per tool, torch {torch.__version__}, "
+        f"{ALLOC if allocator else 'default allocator'}; medians of {args.repeats} interleaved "
         f"runs (alpha-CROWN: {args.alpha_repeats}); load average at the end {load[0]:.2f} / {load[1]:.2f} "
         "(1 / 5 min). Boxes: per-feature radii eps x (0.5 + U[0, 1]) around 32 MNIST test images "
         "(eps 0.02, clipped to [0, 1], then normalised: the embedded models' Normalize is applied to the "
@@ -301,6 +303,9 @@ def main() -> None:
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+ALLOC = "the CLI's allocator policy (nonuniform.configure_allocator) for both"
 
 
 def _t(s: float) -> str:

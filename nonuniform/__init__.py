@@ -18,6 +18,7 @@ from .modules import Normalize, SequenceClassifier
 from .recurrent.engine import RecurrentBoundedModel  # registers the recurrent engine with BoundedModel
 from .runs.ray import RayBackend
 from .runs.rundir import certify_run
+from .runtime.allocator import configure_allocator
 from .runtime.threads import configure_threads
 from .verify.boxes import VerifyReport, verify_boxes
 from .zoo.data import load_dataset
@@ -44,6 +45,7 @@ __all__ = [
     "margin_spec",
     "VerifyReport",
     "verify_boxes",
+    "configure_allocator",
     "configure_threads",
 ]
 __version__ = "0.1.0"

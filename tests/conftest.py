@@ -12,9 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_configure(config) -> None:
     """The CLI's thread policy for the whole suite (the library sets none on import): a
     descheduled thread makes every small parallel op wait (see nonuniform.runtime.threads)."""
+    from nonuniform.runtime.allocator import configure_allocator
     from nonuniform.runtime.threads import configure_threads
 
-    configure_threads()
+    # The CLI runs in the suite re-apply the policy; a thread count that followed the machine's
+    # load between two runs would change float32 sums (resume tests compare boxes bit for bit).
+    os.environ.setdefault("OMP_NUM_THREADS", str(configure_threads()))
+    configure_allocator()
 
 
 def shared_data_dir() -> Path | None:

@@ -32,14 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from ..frontends.read import to_network
-from ..ir.network import AffineOp, Network, UnsupportedModelError
+from ..ir.network import AffineOp, Network
 from ..ir.ops import ProductOp
 from ..relax.activations import TINY_WIDTH, LinearRelaxation
 from ..relax.product import product_interval, relax_product
 from .alpha import Slopes, initial_slopes, optimised_bound, sloped_bound
+from .fusion import fused_inner
+from .input_step import input_bound, input_chain
 from .interval import clip_split, concretise, intersect
 from .methods import METHODS, Method
-from .specs import BoxError, check_box, margin_spec
+from .specs import BoxError, check_box, check_transform_spec, margin_spec
 from .tighten import tighten, uses_patches
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "BoxError",
     "ENGINES",
     "check_box",
+    "check_transform_spec",
     "compute_bounds",
     "margin_spec",
     "to_network",
@@ -195,6 +198,14 @@ class BoundedModel:
             pending[k] = pending[k] + lam_k if k in pending else lam_k
         return bias
 
+    def _fused_step(self, j: int, k: int, pending: dict[int, Tensor], relax: dict) -> Tensor:
+        """Coefficients at ``ops[j]`` (a max-pool) moved past it and its input activation ``ops[k]``
+        in one compact step (:meth:`~nonuniform.relax.pooling.PoolRelaxation.backward_through`)."""
+        lam_in, term = relax[j].backward_through(pending.pop(j), relax[k])
+        src = self.net.ops[k].inputs[0]
+        pending[src] = pending[src] + lam_in if src in pending else lam_in
+        return term
+
     def _backward(
         self,
         pending: dict[int, Tensor],
@@ -214,12 +225,17 @@ class BoundedModel:
         passes its coefficients through its lines; one without is concretised against its
         output interval ``iv[j]`` (so ``relax={}`` gives the interval bound of the affine tail).
         """
+        chain = [] if keep_input else input_chain(self.net)
         for j in range(start, -1, -1):
             if j not in pending:
                 continue
             op = self.net.ops[j]
-            if isinstance(op, AffineOp):
+            if chain and j == chain[-1]:  # the affine ops that read the box, and the box
+                bias = bias + input_bound(self.net, chain, pending.pop(j), lower, upper)
+            elif isinstance(op, AffineOp):
                 bias = self._affine_step(j, pending, bias)
+            elif (k := fused_inner(self.net, j, relax)) is not None:  # max-pool over its activation
+                bias = bias + self._fused_step(j, k, pending, relax)
             elif j in relax:
                 lam_in, term = relax[j].backward(pending.pop(j))
                 bias = bias + term
@@ -352,26 +368,6 @@ class BoundedModel:
             )
         check_transform_spec(getattr(self.net, "output_transform", None), spec)
         return spec
-
-
-def check_transform_spec(transform: str | None, spec: Tensor) -> None:
-    """Refuse specifications for which stripping the model's final softmax is not exact (see
-    :data:`~nonuniform.ir.network.OUTPUT_TRANSFORMS`): log_softmax needs rows that sum to zero,
-    softmax pairwise margins (one +c and one -c per row); their bounds are of the logits' margins."""
-    if transform is None:
-        return
-    if transform == "log_softmax":
-        ok = spec.sum(-1).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1)
-    else:
-        nonzero = spec != 0
-        pair = nonzero.sum(-1) == 2
-        ok = pair & ((spec.sum(-1)).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1))
-    if not bool(ok.all()):
-        raise UnsupportedModelError(
-            f"the model ends in {transform}, which is stripped only for margins (rows "
-            f"{'summing to zero' if transform == 'log_softmax' else 'f_c - f_j'}); bound the logits "
-            "model without it for other specifications (per_logit too)"
-        )
 
 
 def _check_method(method: str) -> None:

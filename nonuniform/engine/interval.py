@@ -48,10 +48,46 @@ def intersect_rows(l, u, lf, uf, order, valid, crown_l, crown_u) -> tuple[Tensor
 def concretise(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """min of ``lam . z`` over ``lower <= z <= upper``: (batch, specs). ``lam``'s batch axis may
     be 1 (the shared prefix of intermediate bounds): the matmul broadcasts."""
-    lam = lam.flatten(2)
-    centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
-    radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
+    lam, lower, upper = lam.flatten(2), lower.flatten(1), upper.flatten(1)
+    if lam.shape[0] == lower.shape[0] and torch.is_grad_enabled():
+        return _Concretise.apply(lam, lower, upper)
+    return _plain(lam, lower, upper)
+
+
+def _plain(lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    centre = ((upper + lower) / 2).unsqueeze(-1)
+    radius = ((upper - lower) / 2).unsqueeze(-1)
     return (lam @ centre - lam.abs() @ radius).squeeze(-1)
+
+
+class _Concretise(torch.autograd.Function):
+    """:func:`concretise` with a hand-written gradient. The minimiser is ``z* = lower`` where
+    ``lam >= 0`` and ``upper`` elsewhere, so ``d/dlam = g z*``, ``d/dlower = g lam^+`` and
+    ``d/dupper = g lam^-``: two passes over ``lam`` (the largest tensor of a bound) where autograd's
+    chain through ``lam @ c - |lam| @ r`` made eight, two of them outer products that ``bmm`` runs
+    slowly (the MLP bound with its gradient: most of its time). Same values; gradients equal up
+    to rounding."""
+
+    @staticmethod
+    def forward(ctx, lam: Tensor, lower: Tensor, upper: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(lam, lower, upper)
+        return _plain(lam, lower, upper)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        lam, lower, upper = ctx.saved_tensors
+        need_lam, need_lower, need_upper = ctx.needs_input_grad
+        g_lam = g_lower = g_upper = None
+        if need_lam:
+            # z* = centre - sign(lam) * radius, in place (a broadcast ``where`` is ~6x slower)
+            centre, radius = ((upper + lower) / 2).unsqueeze(1), ((lower - upper) / 2).unsqueeze(1)
+            g_lam = torch.sgn(lam).mul_(radius).add_(centre).mul_(g.unsqueeze(-1))
+        if need_lower or need_upper:
+            gv = g.unsqueeze(1)  # (batch, 1, specs)
+            pos = (gv @ lam.clamp(min=0)).squeeze(1)
+            g_lower = pos if need_lower else None
+            g_upper = (gv @ lam).squeeze(1) - pos if need_upper else None
+        return g_lam, g_lower, g_upper
 
 
 def clip_split(l: Tensor, u: Tensor, side: Tensor) -> tuple[Tensor, Tensor, Tensor]:

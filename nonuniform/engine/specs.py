@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ir.network import UnsupportedModelError
+
 
 class BoxError(ValueError):
     """A malformed box: shapes differ, NaN/inf values, or lower > upper."""
@@ -49,7 +51,7 @@ def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
     return eye[labels][:, None, :] - eye[others]
 
 
-__all__ = ["BoxError", "check_box", "margin_spec"]
+__all__ = ["BoxError", "check_box", "check_transform_spec", "margin_spec"]
 
 
 @dataclass
@@ -94,3 +96,23 @@ class OutputCases:
         new = {a: i for i, a in enumerate(used)}
         index = torch.tensor([[new[int(a)] for a in self.index[k]] for k in keep], dtype=torch.long)
         return OutputCases(self.rows[used], self.offsets[used], index)
+
+
+def check_transform_spec(transform: str | None, spec: Tensor) -> None:
+    """Refuse specifications for which stripping the model's final softmax is not exact (see
+    :data:`~nonuniform.ir.network.OUTPUT_TRANSFORMS`): log_softmax needs rows that sum to zero,
+    softmax pairwise margins (one +c and one -c per row); their bounds are of the logits' margins."""
+    if transform is None:
+        return
+    if transform == "log_softmax":
+        ok = spec.sum(-1).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1)
+    else:
+        nonzero = spec != 0
+        pair = nonzero.sum(-1) == 2
+        ok = pair & ((spec.sum(-1)).abs() <= 1e-9 * spec.abs().sum(-1).clamp(min=1))
+    if not bool(ok.all()):
+        raise UnsupportedModelError(
+            f"the model ends in {transform}, which is stripped only for margins (rows "
+            f"{'summing to zero' if transform == 'log_softmax' else 'f_c - f_j'}); bound the logits "
+            "model without it for other specifications (per_logit too)"
+        )
