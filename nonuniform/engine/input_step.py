@@ -68,12 +68,25 @@ def _chunks(b: int, per_sample: int) -> list[slice]:
     return [slice(s, s + step) for s in range(0, b, step)]
 
 
+#: (batch, rows, C, H, W) stored channels-last (what the transposed convolutions return)
+#: flattens without a copy in (H, W, C) order; the radius is read in the same order.
+_CHANNELS_LAST = (0, 1, 3, 4, 2)
+
+
+def _flat(a: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``a`` (batch, rows, *input) and ``radius`` (batch, *input) flattened in ``a``'s memory
+    order: (batch, rows, n), (batch, n, 1), and whether that order is channels-last."""
+    if a.dim() == 5 and not a.is_contiguous() and a.permute(_CHANNELS_LAST).is_contiguous():
+        return a.permute(_CHANNELS_LAST).flatten(2), radius.permute(0, 2, 3, 1).flatten(1).unsqueeze(-1), True
+    return a.flatten(2), radius.flatten(1).unsqueeze(-1), False
+
+
 def _radius_term(lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:
     """``|M^T lam| . r`` (batch, rows), made and reduced in sample chunks."""
-    r = radius.flatten(1).unsqueeze(-1)
     out = []
-    for c in _chunks(lam.shape[0], lam.shape[1] * r.shape[1]):
-        out.append((_transpose(ops, lam[c]).flatten(2).abs_() @ r[c]).squeeze(-1))
+    for c in _chunks(lam.shape[0], lam.shape[1] * radius[0].numel()):
+        a, r, _ = _flat(_transpose(ops, lam[c]), radius[c])
+        out.append((a.abs_() @ r).squeeze(-1))
     return torch.cat(out)
 
 
@@ -93,19 +106,18 @@ class _Radius(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:  # type: ignore[override]
-        a = _transpose(ops, lam.detach()).flatten(2)
-        r = radius.detach().flatten(1).unsqueeze(-1)
+        a, r, ctx.last = _flat(_transpose(ops, lam.detach()), radius.detach())
         buf = _buffer(a)
         out = torch.cat([(_abs(a[c], buf) @ r[c]).squeeze(-1) for c in _chunks(a.shape[0], a[0].numel())])
         ctx.ops, ctx.lam_shape, ctx.in_shape = ops, lam.shape, radius.shape[1:]
-        ctx.save_for_backward(radius, a)
+        ctx.save_for_backward(r, a)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        radius, a = ctx.saved_tensors
+        r, a = ctx.saved_tensors
         need_lam, need_r = ctx.needs_input_grad[:2]
-        r = radius.flatten(1).unsqueeze(1)  # (batch, 1, n)
+        r = r.transpose(1, 2)  # (batch, 1, n)
         x = torch.empty_like(a) if need_lam else None
         g_r = torch.empty_like(r) if need_r else None
         buf = _buffer(a)
@@ -115,14 +127,18 @@ class _Radius(torch.autograd.Function):
             if need_lam:
                 torch.sgn(a[c], out=x[c]).mul_(r[c]).mul_(g[c].unsqueeze(-1))
         g_lam = None
+        b, k, shape = *ctx.lam_shape[:2], ctx.in_shape
         if need_lam:
-            b, k = ctx.lam_shape[:2]
-            x = x.reshape(b * k, *ctx.in_shape)
+            if ctx.last:  # back from (H, W, C) order: a channels-last view, no copy
+                x = x.reshape(b, k, *shape[1:], shape[0]).permute(0, 1, 4, 2, 3)
+            x = x.reshape(b * k, *shape)
             zero = torch.zeros(1, *ctx.in_shape, dtype=x.dtype, device=x.device)
             for op in reversed(ctx.ops):
                 x, zero = op.forward(x), op.forward(zero)
             g_lam = (x - zero).reshape(ctx.lam_shape)
-        return g_lam, (g_r.reshape(radius.shape) if need_r else None), None
+        if need_r and ctx.last:
+            g_r = g_r.reshape(b, *shape[1:], shape[0]).permute(0, 3, 1, 2)
+        return g_lam, (g_r.reshape(b, *shape) if need_r else None), None
 
 
 __all__ = ["CHUNK", "input_bound", "input_chain"]
