@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nonuniform import Normalize, configure_allocator, load_model
+from nonuniform import Normalize, load_model
 from nonuniform.engine.bounds import BoundedModel, margin_spec
 from nonuniform.ir.graph_ops import AddOp, ReshapeOp
 from nonuniform.ir.ops import Activation, ConvOp, LinearOp
@@ -220,7 +220,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", default=os.environ.get("NONUNIFORM_REFERENCE", ""))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--alpha-repeats", type=int, default=1)
+    ap.add_argument("--alpha-repeats", type=int, default=1, help="0: CROWN only")
+    ap.add_argument("--allocator", choices=("cli", "default"), default="default")
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -234,7 +235,11 @@ def main() -> None:
         )
         return
     torch.set_num_threads(1)
-    allocator = configure_allocator()  # the CLI's policy; one process, so both tools run under it
+    allocator = False
+    if args.allocator == "cli":  # the CLI's policy; one process, so both tools run under it
+        from nonuniform import configure_allocator
+
+        allocator = configure_allocator()
     rows = []
     for name, model, xc, eps, domain, norm in cases():
         if args.only and not any(o in name for o in args.only):
@@ -257,11 +262,15 @@ def main() -> None:
                 if rep < args.alpha_repeats:
                     s, lbs[tool.name, "alpha"] = timed(tool.bound, lo, hi, spec, "alpha-crown", False)
                     times[tool.name, "alpha"].append(s)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
         ours, theirs = (lbs["nonuniform", "crown"], lbs["auto_LiRPA", "crown"])
         diff = (ours - theirs).abs().max().item()
-        gain = {t: (lbs[t, "alpha"] - lbs[t, "crown"]).mean().item() for t in ("nonuniform", "auto_LiRPA")}
-        alpha_diff = (lbs["nonuniform", "alpha"] - lbs["auto_LiRPA", "alpha"]).mean().item()
+        tools_ = ("nonuniform", "auto_LiRPA")
+        if args.alpha_repeats > 0:
+            gain = {t: (lbs[t, "alpha"] - lbs[t, "crown"]).mean().item() for t in tools_}
+            alpha_diff = (lbs["nonuniform", "alpha"] - lbs["auto_LiRPA", "alpha"]).mean().item()
+        else:
+            gain, alpha_diff = {t: float("nan") for t in tools_}, float("nan")
         sound = check_sound(model, lo, hi, spec, list(lbs.values()))
         row = (
             f"| {name} ({len(xc)}) | {_t(med['nonuniform', 'crown'])} / {_t(med['auto_LiRPA', 'crown'])} "
@@ -309,6 +318,8 @@ ALLOC = "the CLI's allocator policy (nonuniform.configure_allocator) for both"
 
 
 def _t(s: float) -> str:
+    if s != s:  # not run (nan)
+        return "-"
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 

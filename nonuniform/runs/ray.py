@@ -126,10 +126,12 @@ def certify_shard(
 
     from ..certify.boxes import certify_boxes
     from ..certify.settings import CertifyConfig
+    from ..runtime.allocator import configure_allocator
 
     config = CertifyConfig.build(CertifyConfig.from_dict(settings), device=device)
 
     torch.set_num_threads(threads)
+    configure_allocator()  # the CLI's process policy, in the worker process the task runs in
     model = _worker_model(model_spec, device)
     t0 = time.perf_counter()
     parts: list[CertifiedBoxes] = []
