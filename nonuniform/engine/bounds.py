@@ -216,9 +216,11 @@ class BoundedModel:
         iv: dict[int, tuple[Tensor, Tensor]] | None,
         bias: Tensor,
         keep_input: bool = False,
+        record: dict[int, Tensor] | None = None,
     ) -> Tensor:
         """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box
-        (``keep_input``: the input's coefficients stay in ``pending[-1]``).
+        (``keep_input``: the input's coefficients stay in ``pending[-1]``; ``record``: receives the
+        coefficients met at each relaxed op, for branching heuristics).
 
         Ops are visited from ``start`` down in reverse topological order; coefficients that meet
         at an op with several consumers are summed. A nonlinear op with a relaxation in ``relax``
@@ -237,7 +239,10 @@ class BoundedModel:
             elif (k := fused_inner(self.net, j, relax)) is not None:  # max-pool over its activation
                 bias = bias + self._fused_step(j, k, pending, relax)
             elif j in relax:
-                lam_in, term = relax[j].backward(pending.pop(j))
+                lam = pending.pop(j)
+                if record is not None:
+                    record[j] = lam
+                lam_in, term = relax[j].backward(lam)
                 bias = bias + term
                 for k, lam_k in zip(op.inputs, lam_in if isinstance(lam_in, list) else [lam_in]):
                     pending[k] = pending[k] + lam_k if k in pending else lam_k

@@ -5,18 +5,19 @@ Branch-and-bound splits one unstable ReLU z into the sub-problems z >= 0 (ReLU =
 z <= 0 (ReLU = 0, or the negative slope), each bounded again with the split neuron exact and every
 later layer's intermediate bounds recomputed under it, until every leaf is proved or time runs out.
 
-Why it is sound without beta-CROWN's Lagrange terms: a split is enforced by clipping the neuron's
-pre-activation interval at 0 (:meth:`BoundedModel.propagate`'s ``splits``). Every bound of the
-leaf then holds on the box intersected with the leaf's half-spaces, and the leaves' half-spaces
-cover the box, so proving every leaf proves the box. A leaf whose bounds miss one of its
+Why it is sound: a split is enforced by clipping the neuron's pre-activation interval at 0
+(:meth:`BoundedModel.propagate`'s ``splits``), and the final bound adds beta-CROWN's terms
+(:mod:`~nonuniform.proof.leaves`, sound for any beta >= 0 and any slope in range). Every bound of
+the leaf then holds on the box intersected with the leaf's half-spaces, and the leaves'
+half-spaces cover the box, so proving every leaf proves the box. A leaf whose bounds miss one of its
 half-spaces (``BoundState.infeasible``) is empty and proved. A leaf with no unstable neuron
 left cannot be split further: when it still fails, the box is reported as not proved
 (``exhausted``; a counterexample may or may not exist).
 
 Run it with a float64 :class:`BoundedModel` and the final check's threshold: every leaf's proof
 is then the fresh float64 proof the rest of the package requires (:func:`bab_prove` refuses other
-dtypes). Branching: the unstable neuron with the largest relaxation area ``-l u / (u - l)``
-scaled by the size of its coefficient in the next layer (a cheap stand-in for BaBSR's score).
+dtypes). Branching: BaBSR's intercept score from the leaf's final pass
+(:func:`~nonuniform.proof.leaves.branch_choice`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..engine.alpha import optimised_bound
 from ..engine.bounds import BoundedModel
+from ..engine.interval import intersect
 from ..engine.specs import OutputCases
 from ..ir.ops import Activation
 from ..relax.activations import PiecewiseLinear
 from .input_split import MARGIN, InputSplit, Portfolio
+from .leaves import ALPHA_LR, CARRY_BYTES, LeafParams, branch_choice, leaf_bound, start_params
 
 #: Boxes with at most this many input values are proved by splitting the input box (as the
 #: complete verifier does, ``VerifierConfig.input_split_max``); larger ones by ReLU splitting.
@@ -41,10 +45,8 @@ INPUT_SPLIT_MAX = 32
 #: drop one on purpose to show that the soundness checks catch a missing branch.
 SIDES = (1, -1)
 
-#: Adam's step for the split multipliers. Margins are O(1-10) and so are the multipliers that
-#: prove a leaf: at 0.05, 20 steps left a leaf of a 784-16-16-10 net at -0.15 that 0.3 proves
-#: at +15 (the dual is piecewise linear; Adam with a small step crawls along it).
-BETA_LR = 0.3
+#: alpha-CROWN steps at the root of a ReLU split (its intermediate bounds bound every leaf).
+ROOT_ALPHA_STEPS = 20
 #: A leaf with nothing left to split is a linear program over box and half-spaces, whose dual
 #: optimum the multipliers reach with enough steps: it gets this many before BaB gives up.
 EXHAUSTED_BETA_STEPS = 300
@@ -139,14 +141,28 @@ def prove_boxes(
     return res
 
 
+@dataclass
+class _Leaf:
+    """A sub-problem: the split of every ReLU-family op (``(1, *shape)`` int8, 0 = not split) and
+    the parameters its parent's bound ended with (its warm start; None: CROWN's)."""
+
+    splits: dict[int, Tensor]
+    params: LeafParams | None = None
+
+
 class ReluSplit:
     """A resumable ReLU branch-and-bound on one box: prove ``spec @ f >= threshold`` (every row;
     ``threshold`` a number or one per row). :meth:`run` works until a deadline and keeps its queue,
     so a scheduler can interleave it with attacks. ``proved``: every leaf done; ``exhausted``: a
-    leaf with nothing left to split still fails (no proof this way), or ``max_leaves`` is spent."""
+    leaf with nothing left to split still fails (no proof this way), or ``max_leaves`` is spent.
+
+    The root is bounded by alpha-CROWN (``root_alpha_steps``, slopes for every intermediate bound
+    target); its intermediate bounds bound every leaf too (a leaf is a subset of the root box) and
+    its final slopes start the root leaf. Leaves: :func:`~nonuniform.proof.leaves.leaf_bound`."""
 
     def __init__(self, bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, threshold: float | Tensor,
-                 batch: int = 64, max_leaves: int = 20000, beta_steps: int = 20) -> None:  # fmt: skip
+                 batch: int = 64, max_leaves: int = 20000, beta_steps: int = 20,
+                 root_alpha_steps: int = ROOT_ALPHA_STEPS) -> None:  # fmt: skip
         if bm.net.dtype != torch.float64:
             raise ValueError("ReluSplit needs a float64 BoundedModel: its leaves are the final proof")
         self.bm, self.lo, self.hi, self.spec = bm, lo, hi, spec
@@ -154,9 +170,25 @@ class ReluSplit:
         self.batch, self.max_leaves, self.beta_steps = batch, max_leaves, beta_steps
         self.ops = split_ops(bm)
         shapes = {i: bm.net.ops[bm.net.ops[i].inputs[0]].out_shape for i in self.ops}
-        self.queue = [{i: torch.zeros((1, *shapes[i]), dtype=torch.int8, device=lo.device) for i in self.ops}]
+        root = {i: torch.zeros((1, *shapes[i]), dtype=torch.int8, device=lo.device) for i in self.ops}
+        self.prior, params = self._root(root_alpha_steps)
+        self.queue = [_Leaf(root, params)]
         self.leaves, self.stuck = 0, False
         self.worst_proved, self.worst_open = float("inf"), float("inf")  # slack over the threshold
+
+    def _root(self, steps: int) -> tuple[dict | None, LeafParams | None]:
+        """alpha-CROWN at the root: (intermediate bounds for every leaf, the root leaf's start)."""
+        if steps <= 0 or not self.ops:
+            return None, None
+        bm, lo, hi = self.bm, self.lo, self.hi
+        with torch.no_grad():
+            crown = bm.propagate(lo, hi, "crown")
+        _, slopes = optimised_bound(bm, self.spec.to(torch.float64), crown, steps, ALPHA_LR)
+        with torch.no_grad():
+            tuned = bm.propagate(lo, hi, "crown", slopes=slopes)
+        prior = {i: intersect(*crown.pre[i], *tuned.pre[i]) for i in crown.pre}
+        final = {j: slopes.final[j].detach().float() for j in self.ops if j in slopes.final}
+        return prior, LeafParams(final, {})
 
     @property
     def proved(self) -> bool:
@@ -179,113 +211,74 @@ class ReluSplit:
 
     _per_leaf = 0.0
 
+    def _bound(self, todo: list[_Leaf], steps: int, record: dict | None = None):
+        """(state, lower bounds (m, s), best parameters, splits) of the leaves ``todo``."""
+        bm, m = self.bm, len(todo)
+        splits = {i: torch.cat([leaf.splits[i] for leaf in todo]) for i in self.ops}
+        lo_m, hi_m = self.lo.expand(m, *self.lo.shape[1:]), self.hi.expand(m, *self.hi.shape[1:])
+        spec_m = self.spec.expand(m, *self.spec.shape[1:]).to(torch.float64)
+        with torch.no_grad():
+            state = bm.propagate(lo_m, hi_m, "crown", splits=splits, prior=self.prior)
+        start = start_params(bm, state, spec_m.shape[1], [leaf.params for leaf in todo], self.ops)
+        lb, best = leaf_bound(bm, state, spec_m, splits, start, steps, self.threshold, record)
+        return state, lb, best, splits
+
     def _step(self, count: int) -> int:
-        bm, lo, hi, spec = self.bm, self.lo, self.hi, self.spec
         todo, self.queue = self.queue[:count], self.queue[count:]
         m = len(todo)
-        splits = {i: torch.cat([d[i] for d in todo]) for i in self.ops}
-        lo_m, hi_m = lo.expand(m, *lo.shape[1:]), hi.expand(m, *hi.shape[1:])
-        spec_m = spec.expand(m, *spec.shape[1:])
-        with torch.no_grad():
-            state = bm.propagate(lo_m, hi_m, "crown", splits=splits)
-            lb, _ = bm.bounds(lo_m, hi_m, spec_m, "crown", bound_upper=False, state=state)
-        if self.beta_steps and ((lb - self.threshold).min(1).values < 0).any():
-            lb = torch.maximum(lb, beta_bound(bm, state, spec_m, splits, self.beta_steps))
+        record: dict[int, Tensor] = {}
+        state, lb, best, _ = self._bound(todo, self.beta_steps, record)
         self.leaves += m
-        worst = (lb - self.threshold).min(1).values
-        empty_leaf = torch.zeros(m, dtype=torch.bool, device=lo.device)
+        slack = lb - self.threshold
+        worst = slack.min(1).values
+        empty_leaf = torch.zeros(m, dtype=torch.bool, device=self.lo.device)
         if state.infeasible is not None:
             empty_leaf = state.infeasible
         ok = empty_leaf | (worst >= 0)
         bounded = ok & ~empty_leaf
         if bounded.any():
             self.worst_proved = min(self.worst_proved, float(worst[bounded].min()))
+        carry = None
         for j in (~ok).nonzero().squeeze(1).tolist():
             self.worst_open = min(self.worst_open, float(worst[j]))
-            choice = _branch(bm, state, self.ops, j)
+            choice = branch_choice(self.bm, state, self.ops, j, record, slack < 0, self._fallback)
             if choice is None:  # nothing left to split: push the multipliers to the LP's optimum
-                last = _last_try(bm, lo, hi, spec, todo[j], self.threshold)
+                last = self._last_try(todo[j], best.pick(j))
                 if last >= 0:
                     self.worst_proved = min(self.worst_proved, last)
                     continue
                 self.worst_open, self.stuck = last, True
                 return m
             i, idx = choice
+            params = best.pick(j)
+            if carry is None:
+                carry = CARRY_BYTES // max(params.nbytes(), 1)
             for side in SIDES:
-                child = {o: t.clone() for o, t in todo[j].items()}
+                child = {o: t.clone() for o, t in todo[j].splits.items()}
                 child[i].view(-1)[idx] = side
-                self.queue.append(child)
+                self.queue.append(_Leaf(child, params if len(self.queue) < carry else None))
         return m
 
+    def _last_try(self, leaf: _Leaf, params: LeafParams) -> float:
+        """Smallest slack of one leaf without unstable neurons, multipliers run to convergence."""
+        state, lb, _, _ = self._bound([_Leaf(leaf.splits, params)], EXHAUSTED_BETA_STEPS)
+        if state.infeasible is not None and bool(state.infeasible.all()):
+            return float("inf")
+        return float((lb - self.threshold).min())
 
-def _last_try(bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, splits: dict[int, Tensor],
-              threshold: Tensor) -> float:  # fmt: skip
-    """Smallest slack of one leaf without unstable neurons, multipliers run to convergence."""
-    with torch.no_grad():
-        state = bm.propagate(lo, hi, "crown", splits=splits)
-    if state.infeasible is not None and bool(state.infeasible.all()):
-        return float("inf")
-    return float((beta_bound(bm, state, spec, splits, EXHAUSTED_BETA_STEPS) - threshold).min())
-
-
-def beta_bound(
-    bm: BoundedModel, state, spec: Tensor, splits: dict[int, Tensor], steps: int, lr: float = BETA_LR
-) -> Tensor:
-    """Lower bounds of ``spec @ f`` on each leaf, using its split constraints (beta-CROWN).
-
-    On a leaf every split neuron satisfies ``s z >= 0`` (s = +1 or -1), so for any beta >= 0,
-    ``spec @ f >= spec @ f - sum beta s z`` there, and the CROWN bound of the right-hand side
-    (same relaxations, the extra terms enter the backward pass at z) is a valid lower bound for
-    every beta >= 0. Plain CROWN is beta = 0; beta is improved by ``steps`` of projected Adam
-    and the best bound per row kept. Without this the split constraints would only act through
-    the clipped intervals and the final concretisation would still range over the whole box.
-    """
-    ops = bm.net.ops
-    last = len(ops) - 1
-    m, s = spec.shape[:2]
-    dt, dev = bm.net.dtype, spec.device
-    signs = {i: t.to(dt).unsqueeze(1) for i, t in splits.items() if t.any()}
-    best = torch.full((m, s), -torch.inf, dtype=dt, device=dev)
-    if not signs:
-        return best
-    betas = {
-        i: torch.zeros(m, s, *t.shape[2:], dtype=dt, device=dev, requires_grad=True) for i, t in signs.items()
-    }
-    opt = torch.optim.Adam(list(betas.values()), lr=lr)
-    for _ in range(steps):
-        with torch.enable_grad():
-            pending = {last: spec.to(dt)}
-            for i, beta in betas.items():
-                src = ops[i].inputs[0]
-                term = -beta * signs[i]
-                pending[src] = pending[src] + term if src in pending else term
-            zero = torch.zeros(m, s, dtype=dt, device=dev)
-            out = bm._backward(pending, last, state.relaxations, state.lower, state.upper, None, zero)
-            best = torch.maximum(best, out.detach())
-            opt.zero_grad()
-            (-out.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for beta in betas.values():
-                beta.clamp_(min=0)
-    return best
+    def _fallback(self, i: int, l: Tensor, u: Tensor) -> Tensor:
+        """Branching score without the pass's coefficients: relaxation area times the neuron's
+        outgoing weight (where the next op exposes it)."""
+        area = -l * u / (u - l).clamp(min=1e-30)
+        return area * _out_weight(self.bm, i, l.numel())
 
 
-def _branch(bm: BoundedModel, state, ops: list[int], j: int) -> tuple[int, int] | None:
-    """The unstable neuron of leaf ``j`` to split next: largest relaxation area times the size
-    of the neuron's outgoing weights (where the next op exposes them), else the area alone."""
-    best, choice = 0.0, None
-    for i in ops:
-        l, u = (t[j].flatten() for t in state.pre[i])
-        unstable = (l < 0) & (u > 0)
-        if not unstable.any():
-            continue
-        area = torch.where(unstable, -l * u / (u - l).clamp(min=1e-30), torch.zeros_like(l))
-        score = area * _out_weight(bm, i, l.numel())
-        k = int(score.argmax())
-        if float(score[k]) > best:
-            best, choice = float(score[k]), (i, k)
-    return choice
+def beta_bound(bm: BoundedModel, state, spec: Tensor, splits: dict[int, Tensor], steps: int) -> Tensor:
+    """Lower bounds of ``spec @ f`` on each leaf of ``state`` with its split constraints
+    (alpha-beta-CROWN from CROWN's slopes, :func:`~nonuniform.proof.leaves.leaf_bound`)."""
+    ops = [j for j in split_ops(bm) if j in state.pre]
+    start = start_params(bm, state, spec.shape[1], [None] * spec.shape[0], ops)
+    return leaf_bound(bm, state, spec, splits, start, steps)[0]
 
 
 def _out_weight(bm: BoundedModel, i: int, size: int) -> Tensor:
