@@ -47,6 +47,8 @@ SIDES = (1, -1)
 
 #: alpha-CROWN steps at the root of a ReLU split (its intermediate bounds bound every leaf).
 ROOT_ALPHA_STEPS = 20
+#: Box growth stops refining once the proved and the refused factor are this close.
+GROW_RESOLUTION = 1.01
 #: A leaf with nothing left to split is a linear program over box and half-spaces, whose dual
 #: optimum the multipliers reach with enough steps: it gets this many before BaB gives up.
 EXHAUSTED_BETA_STEPS = 300
@@ -311,46 +313,59 @@ def grow_boxes(
 
     Each sample's half-widths (below and above ``x0``) are scaled by 1.02, 1.05, ... in turn,
     ``box(r_lo, r_hi, x0)`` applies the input domain, and the first factor BaB cannot prove
-    within its share of ``time_budget`` (per sample, split evenly) ends the search; the larger of
-    its neighbours is then tried once more half-way. Returns the new lower and upper ends, the
-    proved margin, the leaves of the proof (0 where the box did not grow) and the scale applied.
+    within its share of ``time_budget`` (per sample; a share is ``1 / (len(scales) + 1)`` of it)
+    ends the ladder; the rest of the budget bisects between the largest proved factor and it.
+    Returns the new lower and upper ends, the proved margin, the leaves of the proof (0 where the
+    box did not grow) and the scale applied.
     """
     n = x0.shape[0]
     lower, upper = lower.clone(), upper.clone()
     margin = torch.full((n,), float("nan"), dtype=bm.net.dtype, device=x0.device)
     leaves = torch.zeros(n, dtype=torch.long, device=x0.device)
     applied = torch.ones(n, dtype=bm.net.dtype, device=x0.device)
-    share = time_budget / (len(scales) + 1)
     for k in range(n):
         c = x0[k : k + 1]
         found = _grow_one(bm, c, c - lower[k : k + 1], upper[k : k + 1] - c, spec[k : k + 1], box,
-                          threshold, share, scales)  # fmt: skip
+                          threshold, time_budget, scales)  # fmt: skip
         if found is not None:
             lower[k : k + 1], upper[k : k + 1], margin[k], leaves[k], applied[k] = found
     return lower, upper, margin, leaves, applied
 
 
-def _grow_one(bm, c, r_lo, r_hi, spec, box, threshold, share, scales):
+def _grow_one(bm, c, r_lo, r_hi, spec, box, threshold, budget, scales):
     """The largest proved scaling of one box (see :func:`grow_boxes`), or None."""
     dt = bm.net.dtype
     best = None
+    deadline = time.perf_counter() + budget
+    share = budget / (len(scales) + 1)
 
-    def attempt(s: float) -> bool:
+    def attempt(s: float, seconds: float) -> bool:
         nonlocal best
         lo_s, hi_s = box(r_lo * s, r_hi * s, c)
-        res = prove_boxes(bm, lo_s.to(dt), hi_s.to(dt), spec.to(dt), threshold, time_budget=share)
+        res = prove_boxes(bm, lo_s.to(dt), hi_s.to(dt), spec.to(dt), threshold, time_budget=seconds)
         if res.proved[0]:
             best = (lo_s, hi_s, res.margin[0], res.leaves[0], s)
         return bool(res.proved[0])
 
     good, bad = 1.0, None
     for s in scales:
-        if not attempt(s):
+        if not attempt(s, min(share, max(deadline - time.perf_counter(), 0.0))):
             bad = s
             break
         good = s
-    if bad is not None and bad / good > 1.02:
-        attempt((good * bad) ** 0.5)
+    # bisect (in log-scale) between the largest proved and the first refused factor with what is
+    # left: half of it per attempt, so a proof that needs more time than the ladder's share can
+    # still land; stop below a tenth of a share or once the factors are within 1%
+    while (
+        bad is not None
+        and bad / good > GROW_RESOLUTION
+        and (left := deadline - time.perf_counter()) > share / 10
+    ):
+        mid = (good * bad) ** 0.5
+        if attempt(mid, left / 2 if left > share else left):
+            good = mid
+        else:
+            bad = mid
     return best
 
 
