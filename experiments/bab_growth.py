@@ -34,11 +34,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--bab-time", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--conditions", default="run alone", help="how the machine was shared (stated)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bab.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for name, data in MODELS.items():
+    for name in args.models:
+        data = MODELS[name]
         model, _ = load_model(name)
         x, y = load_samples(data)
         x, y = x[: args.count], y[: args.count]
@@ -78,6 +81,13 @@ def main() -> None:
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _commit() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -218,9 +218,8 @@ class BoundedModel:
         keep_input: bool = False,
         record: dict[int, Tensor] | None = None,
     ) -> Tensor:
-        """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box
-        (``keep_input``: the input's coefficients stay in ``pending[-1]``; ``record``: receives the
-        coefficients met at each relaxed op, for branching heuristics).
+        """Lower bound of ``sum_k pending[k] . (output of op k) + bias`` over the box (``keep_input``:
+        the input's coefficients stay in ``pending[-1]``; ``record`` gets those met at relaxed ops).
 
         Ops are visited from ``start`` down in reverse topological order; coefficients that meet
         at an op with several consumers are summed. A nonlinear op with a relaxation in ``relax``

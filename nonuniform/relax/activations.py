@@ -77,9 +77,17 @@ def feature_dot(a: Tensor, w: Tensor) -> Tensor:
 def lower_plus(lam: Tensor, slope: Tensor, neg: Tensor, extra: Tensor) -> Tensor:
     """``lam * slope + neg * extra`` in two passes (in place when the shapes allow it)."""
     out = lam * slope
-    if out.shape == torch.broadcast_shapes(out.shape, neg.shape, extra.shape):
+    if _fits(neg.shape, out.shape) and _fits(extra.shape, out.shape):
         return out.addcmul_(neg, extra)
     return torch.addcmul(out, neg, extra)
+
+
+def _fits(shape: torch.Size, target: torch.Size) -> bool:
+    """``shape`` broadcasts to ``target`` without growing it (``torch.broadcast_shapes`` is a
+    Python reference implementation costing ~0.4 ms a call)."""
+    if len(shape) > len(target):
+        return False
+    return all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(target)))
 
 
 class Relaxation:
