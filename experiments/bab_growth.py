@@ -67,12 +67,13 @@ def main() -> None:
         "",
         f"First {args.count} embedded test images per model; CROWN at the default settings (60 "
         f"iterations, polish), then the same with `bab=True, bab_time={args.bab_time:g}` (growth by "
-        "the largest factor in 1.02, 1.05, 1.1, 1.2, 1.4, 2 that ReLU-splitting branch-and-bound with "
-        "beta-CROWN terms proves in float64, plus one step half-way). Mean log half-width over the "
-        f"boxes certified by both; {args.threads} torch thread(s), run alone. `verify`: fresh float64 "
-        "proof (BaB where one bound cannot), PGD + smoothed-PGD + corners on every BaB box.",
+        "the largest factor in the ladder 1.02, 1.05, 1.1, 1.2, 1.4, 2 that ReLU-splitting "
+        "branch-and-bound (alpha-CROWN root, alpha-beta-CROWN leaves) proves in float64, then "
+        "bisection with the rest of the budget). Mean log half-width over the boxes certified by "
+        f"both; {args.threads} torch thread(s), {args.conditions}. `verify`: fresh float64 proof (BaB "
+        f"where one bound cannot), PGD + smoothed-PGD + corners on every BaB box. Commit {_commit()}.",
         f"Reproduce: `.venv/bin/python experiments/bab_growth.py --count {args.count} --bab-time "
-        f"{args.bab_time:g}`.",
+        f"{args.bab_time:g} [--models ...]`.",
         "",
         "| model | certified | CROWN | CROWN + BaB | mean gain | boxes grown | largest gain "
         "| s / image CROWN | s / image with BaB | verify |",

@@ -47,6 +47,9 @@ SIDES = (1, -1)
 
 #: alpha-CROWN steps at the root of a ReLU split (its intermediate bounds bound every leaf).
 ROOT_ALPHA_STEPS = 20
+#: Branching rules of :class:`ReluSplit`: BaBSR's intercept score from the leaf's final pass, or
+#: the relaxation area times the outgoing weight (the rule before the final pass was recorded).
+BRANCHING = ("babsr", "area")
 #: Box growth stops refining once the proved and the refused factor are this close.
 GROW_RESOLUTION = 1.01
 #: A leaf with nothing left to split is a linear program over box and half-spaces, whose dual
@@ -160,16 +163,21 @@ class ReluSplit:
 
     The root is bounded by alpha-CROWN (``root_alpha_steps``, slopes for every intermediate bound
     target); its intermediate bounds bound every leaf too (a leaf is a subset of the root box) and
-    its final slopes start the root leaf. Leaves: :func:`~nonuniform.proof.leaves.leaf_bound`."""
+    its final slopes start the root leaf. Leaves: :func:`~nonuniform.proof.leaves.leaf_bound`
+    (``leaf_alpha=False``: CROWN's slopes, beta only); ``branching``: one of :data:`BRANCHING`."""
 
     def __init__(self, bm: BoundedModel, lo: Tensor, hi: Tensor, spec: Tensor, threshold: float | Tensor,
                  batch: int = 64, max_leaves: int = 20000, beta_steps: int = 20,
-                 root_alpha_steps: int = ROOT_ALPHA_STEPS) -> None:  # fmt: skip
+                 root_alpha_steps: int = ROOT_ALPHA_STEPS, branching: str = "babsr",
+                 leaf_alpha: bool = True) -> None:  # fmt: skip
+        if branching not in BRANCHING:
+            raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, got {branching!r}")
         if bm.net.dtype != torch.float64:
             raise ValueError("ReluSplit needs a float64 BoundedModel: its leaves are the final proof")
         self.bm, self.lo, self.hi, self.spec = bm, lo, hi, spec
         self.threshold = torch.as_tensor(threshold, dtype=torch.float64, device=lo.device)
         self.batch, self.max_leaves, self.beta_steps = batch, max_leaves, beta_steps
+        self.branching, self.leaf_alpha = branching, leaf_alpha
         self.ops = split_ops(bm)
         shapes = {i: bm.net.ops[bm.net.ops[i].inputs[0]].out_shape for i in self.ops}
         root = {i: torch.zeros((1, *shapes[i]), dtype=torch.int8, device=lo.device) for i in self.ops}
@@ -222,6 +230,8 @@ class ReluSplit:
         with torch.no_grad():
             state = bm.propagate(lo_m, hi_m, "crown", splits=splits, prior=self.prior)
         start = start_params(bm, state, spec_m.shape[1], [leaf.params for leaf in todo], self.ops)
+        if not self.leaf_alpha:  # CROWN's slopes stay (beta multipliers only)
+            start.alpha = {}
         lb, best = leaf_bound(bm, state, spec_m, splits, start, steps, self.threshold, record)
         return state, lb, best, splits
 
@@ -243,7 +253,8 @@ class ReluSplit:
         carry = None
         for j in (~ok).nonzero().squeeze(1).tolist():
             self.worst_open = min(self.worst_open, float(worst[j]))
-            choice = branch_choice(self.bm, state, self.ops, j, record, slack < 0, self._fallback)
+            scores = record if self.branching == "babsr" else {}
+            choice = branch_choice(self.bm, state, self.ops, j, scores, slack < 0, self._fallback)
             if choice is None:  # nothing left to split: push the multipliers to the LP's optimum
                 last = self._last_try(todo[j], best.pick(j))
                 if last >= 0:
