@@ -222,7 +222,7 @@ class ReluSplit:
     _per_leaf = 0.0
 
     def _bound(self, todo: list[_Leaf], steps: int, record: dict | None = None):
-        """(state, lower bounds (m, s), best parameters, splits) of the leaves ``todo``."""
+        """(state, lower bounds (m, s), best parameters) of the leaves ``todo``."""
         bm, m = self.bm, len(todo)
         splits = {i: torch.cat([leaf.splits[i] for leaf in todo]) for i in self.ops}
         lo_m, hi_m = self.lo.expand(m, *self.lo.shape[1:]), self.hi.expand(m, *self.hi.shape[1:])
@@ -233,13 +233,13 @@ class ReluSplit:
         if not self.leaf_alpha:  # CROWN's slopes stay (beta multipliers only)
             start.alpha = {}
         lb, best = leaf_bound(bm, state, spec_m, splits, start, steps, self.threshold, record)
-        return state, lb, best, splits
+        return state, lb, best
 
     def _step(self, count: int) -> int:
         todo, self.queue = self.queue[:count], self.queue[count:]
         m = len(todo)
         record: dict[int, Tensor] = {}
-        state, lb, best, _ = self._bound(todo, self.beta_steps, record)
+        state, lb, best = self._bound(todo, self.beta_steps, record)
         self.leaves += m
         slack = lb - self.threshold
         worst = slack.min(1).values
@@ -274,7 +274,7 @@ class ReluSplit:
 
     def _last_try(self, leaf: _Leaf, params: LeafParams) -> float:
         """Smallest slack of one leaf without unstable neurons, multipliers run to convergence."""
-        state, lb, _, _ = self._bound([_Leaf(leaf.splits, params)], EXHAUSTED_BETA_STEPS)
+        state, lb, _ = self._bound([_Leaf(leaf.splits, params)], EXHAUSTED_BETA_STEPS)
         if state.infeasible is not None and bool(state.infeasible.all()):
             return float("inf")
         return float((lb - self.threshold).min())
@@ -284,14 +284,6 @@ class ReluSplit:
         outgoing weight (where the next op exposes it)."""
         area = -l * u / (u - l).clamp(min=1e-30)
         return area * _out_weight(self.bm, i, l.numel())
-
-
-def beta_bound(bm: BoundedModel, state, spec: Tensor, splits: dict[int, Tensor], steps: int) -> Tensor:
-    """Lower bounds of ``spec @ f`` on each leaf of ``state`` with its split constraints
-    (alpha-beta-CROWN from CROWN's slopes, :func:`~nonuniform.proof.leaves.leaf_bound`)."""
-    ops = [j for j in split_ops(bm) if j in state.pre]
-    start = start_params(bm, state, spec.shape[1], [None] * spec.shape[0], ops)
-    return leaf_bound(bm, state, spec, splits, start, steps)[0]
 
 
 def _out_weight(bm: BoundedModel, i: int, size: int) -> Tensor:
