@@ -82,7 +82,6 @@ class InputSplit:
         self.lo, self.hi = lower.flatten(1).clone(), upper.flatten(1).clone()
         self.depth = torch.zeros(1, dtype=torch.long)
         self.prior: dict[int, tuple[Tensor, Tensor]] = {}  # per leaf: its parent's op input bounds
-        self.inherited: Tensor | None = None  # per leaf (N, cases, n + 1): its parent's best function
         self.root_width = (self.hi - self.lo).clamp(min=1e-30)[0]
         self.spec = (-cases.rows)[None].to(torch.float64)  # lower bounds of -c . y
         self.threshold = (-cases.offsets).to(torch.float64) + MARGIN
@@ -116,12 +115,10 @@ class InputSplit:
         k = min(self.batch, self.lo.shape[0])
         lo, hi, depth = self.lo[-k:], self.hi[-k:], self.depth[-k:]
         prior = {i: (l[-k:], u[-k:]) for i, (l, u) in self.prior.items()}
-        inherited = None if self.inherited is None else self.inherited[-k:]
         self.lo, self.hi, self.depth = self.lo[:-k], self.hi[:-k], self.depth[:-k]
         self.prior = {i: (l[:-k], u[:-k]) for i, (l, u) in self.prior.items()}
-        self.inherited = None if self.inherited is None else self.inherited[:-k]
         m = lo.shape[0]
-        case_gap, gap, a, state, best = self._bound(lo, hi, prior, inherited)
+        case_gap, gap, a, state = self._bound(lo, hi, prior)
         worst = case_gap.min(1)  # the leaf's least refuted case
         self.stats.leaves += m
         open_ = worst.values <= 0
@@ -137,22 +134,15 @@ class InputSplit:
         # that it fails the float32 check and go on, and the proof must still cover them
         pre = {i: (l[idx], u[idx]) for i, (l, u) in state.pre.items()}
         if self.branching == "fsb":
-            dim = self._strong(lo[idx], hi[idx], pre, best[idx])
+            dim = self._strong(lo[idx], hi[idx], pre)
         else:
             dim = self._choose(coef, lo[idx], hi[idx])
-        self._split(lo[idx], hi[idx], depth[idx], pre, best[idx], dim)
+        self._split(lo[idx], hi[idx], depth[idx], pre, dim)
         return self._check(torch.cat([(lo[idx] + hi[idx]) / 2, corner]))
 
-    def _bound(self, lo: Tensor, hi: Tensor, prior: dict, inherited: Tensor | None) -> tuple:
+    def _bound(self, lo: Tensor, hi: Tensor, prior: dict) -> tuple[Tensor, Tensor, Tensor, object]:
         """CROWN on flat leaves: (case gaps (m, cases), atom gaps (m, atoms), input coefficients
-        (m, atoms, n), the bound state, each case's best linear lower bound (m, cases, n + 1)).
-        A gap > 0 refutes its atom or case on the leaf.
-
-        ``inherited`` (m, cases, n + 1) holds the parent's best linear lower bound of each case's
-        gap: valid on the parent's box, so on the leaf. It joins the leaf's own atoms, which makes
-        a child never worse than its parent (CROWN alone is not monotone in the box: halving the
-        dimension that matters can give a half a *worse* bound, and strong branching then drilled
-        dimensions that change nothing -- seen on ACAS Xu 4_2 prop 2, 2026-12-03)."""
+        (m, atoms, n), the bound state). A gap > 0 refutes its atom or case on the leaf."""
         m = lo.shape[0]
         box_lo, box_hi = lo.reshape(m, *self.shape), hi.reshape(m, *self.shape)
         spec = self.spec.expand(m, -1, -1)
@@ -160,34 +150,15 @@ class InputSplit:
             state = self.bm.propagate(box_lo, box_hi, "crown", prior=prior or None)
             a, b = self.bm.linear_bound(spec, state)
             a = a.flatten(2)  # (m, atoms, n)
-            lb = concretise(a, b, lo, hi)
+            lb = (a.clamp(min=0) @ lo[:, :, None] + a.clamp(max=0) @ hi[:, :, None]).squeeze(-1) + b
             lb = torch.maximum(lb, self.bm.backward(spec, {}, box_lo, box_hi, state.intervals))
         gap = lb - self.threshold
-        # every linear lower bound of a case's gap: its atoms' and the inherited one
-        index, fa, fb = self.cases.index, a, b - self.threshold
-        if inherited is not None:
-            g = index.shape[0]
-            index = torch.cat([index, fa.shape[1] + torch.arange(g)[:, None]], 1)
-            fa, fb = torch.cat([fa, inherited[..., :-1]], 1), torch.cat([fb, inherited[..., -1]], 1)
-        value = concretise(fa, fb, lo, hi)  # (m, functions)
-        single = torch.cat([torch.maximum(gap, value[:, : gap.shape[1]]), value[:, gap.shape[1] :]], 1)
-        case_gap = single[:, index].max(-1).values
-        pick = value[:, index].argmax(-1)  # (m, cases): the best single function per case
-        fn = index[torch.arange(index.shape[0]), pick]  # (m, cases) function indices
-        best = torch.cat(
-            [fa.gather(1, fn[..., None].expand(-1, -1, fa.shape[-1])), fb.gather(1, fn)[..., None]], -1
-        )
-        # combinations of the atoms alone, and with the inherited bound (the ascent is approximate:
-        # one more function can land it lower, so both are tried)
-        tries = [self.cases.index, index] if inherited is not None else [index]
-        for idx in tries if index.shape[1] > 1 and bool((case_gap <= 0).any()) else []:
-            combined, ca, cb = combine(fa, fb, lo, hi, idx)
-            better = combined > case_gap
-            best = torch.where(better[..., None], torch.cat([ca, cb[..., None]], -1), best)
-            case_gap = torch.maximum(case_gap, combined)
-        return case_gap, gap, a, state, best
+        case_gap = gap[:, self.cases.index].max(-1).values
+        if self.cases.index.shape[1] > 1 and bool((case_gap <= 0).any()):
+            case_gap = torch.maximum(case_gap, combined_gap(a, b - self.threshold, lo, hi, self.cases.index))
+        return case_gap, gap, a, state
 
-    def _strong(self, lo: Tensor, hi: Tensor, pre: dict, best: Tensor) -> Tensor:
+    def _strong(self, lo: Tensor, hi: Tensor, pre: dict) -> Tensor:
         """(o,) per leaf, the dimension whose halves' worse bound is best, by bounding every
         candidate half (2 n boxes per leaf: strong branching, cheap with few inputs)."""
         o, n = lo.shape
@@ -202,8 +173,7 @@ class InputSplit:
             i: (l.repeat_interleave(2 * n, 0), u.repeat_interleave(2 * n, 0)) for i, (l, u) in pre.items()
         }
         # a half's deficit: the sum over its open cases of how far each is from refuted
-        inherited = best.repeat_interleave(2 * n, 0)
-        deficit = self._bound(flat_lo, flat_hi, prior, inherited)[0].clamp(max=0).sum(1).reshape(o, n, 2)
+        deficit = self._bound(flat_lo, flat_hi, prior)[0].clamp(max=0).sum(1).reshape(o, n, 2)
         self.stats.scored += deficit.numel()
         # ties (no half improves by more than a few percent) go to the relatively widest dimension
         rel = (hi - lo) / self.root_width
@@ -223,10 +193,9 @@ class InputSplit:
             self.hints = points[order].reshape(-1, *self.shape)
         return None
 
-    def _push(self, los, his, depths, pre, best: Tensor, copies: int) -> None:
+    def _push(self, los, his, depths, pre, copies: int) -> None:
         self.lo, self.hi = torch.cat([self.lo, *los]), torch.cat([self.hi, *his])
         self.depth = torch.cat([self.depth, *depths])
-        self.inherited = torch.cat([best[:0] if self.inherited is None else self.inherited, *[best] * copies])
         if not self.prior:  # the root's children: the frontier had no bounds yet
             self.prior = {i: (l[:0], u[:0]) for i, (l, u) in pre.items()}
         self.prior = {i: (torch.cat([l, *[pre[i][0]] * copies]), torch.cat([u, *[pre[i][1]] * copies]))
@@ -243,9 +212,8 @@ class InputSplit:
         return (score + WIDTH_WEIGHT * rel / rel.max(1, keepdim=True).values.clamp(min=1e-30)).argmax(1)
 
     def _split(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]],
-               best: Tensor, dim: Tensor) -> None:  # fmt: skip
-        """Halve each leaf along ``dim``; both halves inherit the leaf's op bounds ``pre`` and its
-        best linear bound of each case ``best``."""
+               dim: Tensor) -> None:  # fmt: skip
+        """Halve each leaf along ``dim``; both halves inherit the leaf's op bounds ``pre``."""
         rows = torch.arange(lo.shape[0])
         mid = (lo[rows, dim] + hi[rows, dim]) / 2
         thin = (mid <= lo[rows, dim]) | (mid >= hi[rows, dim])
@@ -254,12 +222,12 @@ class InputSplit:
             mid = (lo[rows, dim] + hi[rows, dim]) / 2
         if bool(((mid <= lo[rows, dim]) | (mid >= hi[rows, dim])).any()):
             self._stuck = True  # a leaf too thin to halve in float64: give up, soundly
-            self._push([lo], [hi], [depth], pre, best, 1)
+            self._push([lo], [hi], [depth], pre, 1)
             return
         left_hi, right_lo = hi.clone(), lo.clone()
         left_hi[rows, dim] = mid
         right_lo[rows, dim] = mid
-        self._push([lo, right_lo], [left_hi, hi], [depth + 1, depth + 1], pre, best, 2)
+        self._push([lo, right_lo], [left_hi, hi], [depth + 1, depth + 1], pre, 2)
         self.stats.depth = max(self.stats.depth, int(depth.max()) + 1)
 
 
@@ -302,18 +270,7 @@ class Portfolio:
         return None
 
 
-def concretise(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """(m, k) minima over each box (lo, hi: (m, n)) of the linear functions ``a . x + b``
-    (a: (m, k, n), b: (m, k))."""
-    return (a.clamp(min=0) @ lo[:, :, None] + a.clamp(max=0) @ hi[:, :, None]).squeeze(-1) + b
-
-
 def combined_gap(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, index: Tensor, steps: int = 12) -> Tensor:
-    """(m, cases) the combined bound of :func:`combine` alone."""
-    return combine(a, b, lo, hi, index, steps)[0]
-
-
-def combine(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, index: Tensor, steps: int = 12) -> tuple:
     """(m, cases) lower bounds of ``max`` over each case's atoms of the refutation gap, from the
     atoms' linear bounds ``gap_w(x) >= a_w . x + b_w`` (a: (m, atoms, n), b: (m, atoms)).
 
@@ -322,38 +279,21 @@ def combine(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, index: Tensor, steps: 
     whole leaf. For weights ``lam`` on the simplex, ``max_w gap_w >= sum_w lam_w gap_w``, whose
     minimum over the box is the concretisation of the combined linear bound; every ``lam`` gives
     a sound bound, the best (the LP value ``min_x max_w``) is sought by a few ascent steps on
-    ``softmax(theta)`` and the best value seen is kept.
-
-    Returns the bounds (m, cases) and the linear functions that give them, ``a`` (m, cases, n)
-    and ``b`` (m, cases): each a lower bound of the case's max on the box (children inherit it)."""
+    ``softmax(theta)`` and the best value seen is kept."""
     aw, bw = a[:, index], b[:, index]  # (m, G, W, n), (m, G, W)
     theta = torch.zeros(bw.shape, dtype=a.dtype, device=a.device, requires_grad=True)
     lo_, hi_ = lo[:, None, :], hi[:, None, :]
     best = torch.full(bw.shape[:2], -torch.inf, dtype=a.dtype, device=a.device)
-    best_a, best_b = aw[:, :, 0].clone(), bw[..., 0].clone()
     for _ in range(steps):
         with torch.enable_grad():
             lam = torch.softmax(theta, -1)
             alpha = (lam[..., None] * aw).sum(2)  # (m, G, n)
             h = (lam * bw).sum(-1) + torch.minimum(alpha * lo_, alpha * hi_).sum(-1)
             (g,) = torch.autograd.grad(h.sum(), theta)
-        with torch.no_grad():
-            up = h > best
-            best = torch.where(up, h, best)
-            best_a = torch.where(up[..., None], alpha, best_a)
-            best_b = torch.where(up, (lam * bw).sum(-1), best_b)
+        best = torch.maximum(best, h.detach())
         with torch.no_grad():
             theta = (theta + 4.0 * g / g.abs().amax(-1, keepdim=True).clamp(min=1e-12)).requires_grad_(True)
-    return best, best_a, best_b
+    return best
 
 
-__all__ = [
-    "BRANCHINGS",
-    "MARGIN",
-    "InputSplit",
-    "Portfolio",
-    "SplitStats",
-    "combine",
-    "combined_gap",
-    "concretise",
-]
+__all__ = ["BRANCHINGS", "MARGIN", "InputSplit", "Portfolio", "SplitStats", "combined_gap"]

@@ -78,11 +78,10 @@ def test_input_splitting_agrees_with_milp(toys, branching):
 def test_a_dropped_half_is_caught(toys, monkeypatch):
     original = input_split.InputSplit._split
 
-    def keep_left_half(self, lo, hi, depth, pre, best, dim):  # unsound on purpose: the right halves vanish
-        original(self, lo, hi, depth, pre, best, dim)
+    def keep_left_half(self, lo, hi, depth, pre, dim):  # unsound on purpose: the right halves vanish
+        original(self, lo, hi, depth, pre, dim)
         n = lo.shape[0]
         self.lo, self.hi, self.depth = self.lo[:-n], self.hi[:-n], self.depth[:-n]
-        self.inherited = self.inherited[:-n]
         self.prior = {i: (lb[:-n], ub[:-n]) for i, (lb, ub) in self.prior.items()}
 
     monkeypatch.setattr(input_split.InputSplit, "_split", keep_left_half)
@@ -167,50 +166,6 @@ def test_a_dimension_too_thin_to_halve_falls_back_to_the_widest():
     search = InputSplit(bm, lo, hi, robustness_cases(0, 3))
     search.lo, search.hi, search.depth = search.lo[:0], search.hi[:0], search.depth[:0]
     half = torch.tensor([[0.5, 0.5, 1.0]], dtype=torch.float64)  # a leaf: X_1 already halved once
-    best = torch.zeros(1, 2, 4, dtype=torch.float64)
-    search._split(lo, half, torch.zeros(1, dtype=torch.long), {}, best, torch.tensor([0]))
+    search._split(lo, half, torch.zeros(1, dtype=torch.long), {}, torch.tensor([0]))
     assert not search.exhausted and search.lo.shape[0] == 2
     assert search.hi[0].tolist() == [0.5, 0.5, 0.0] and search.lo[1].tolist() == [0.5, 0.0, 0.0]
-
-
-def winner_cases(label: int, classes: int) -> OutputCases:
-    """The unsafe region 'some other class k is the maximum': OR_k AND_j (y_k - y_j >= 0)."""
-    disjuncts = []
-    for k in range(classes):
-        if k != label:
-            conj = []
-            for j in range(classes):
-                if j != k:
-                    c = np.zeros(classes)
-                    c[k], c[j] = 1.0, -1.0
-                    conj.append((c, 0.0))
-            disjuncts.append(conj)
-    return OutputCases.from_disjuncts(disjuncts, classes)
-
-
-def test_halves_inherit_their_parents_bound_soundly(toys):
-    """A leaf's cases are bounded with its parent's best linear bound too: never worse than
-    without it, and that inherited bound (and the one the leaf passes on) holds at points sampled
-    in the leaf -- for conjunctions, where the passed-on bound mixes atoms."""
-    model, bm, x, label, lo_r, _ = toys[2]
-    cases = winner_cases(label, 3)
-    search = InputSplit(bm, x - 3 * lo_r, x + 3 * lo_r, cases, batch=8, branching="fsb")
-    for _ in range(6):
-        search._step()
-    lo, hi, inherited = search.lo, search.hi, search.inherited
-    assert lo.shape[0] >= 4 and inherited.shape == (lo.shape[0], cases.count, 6)
-    with_it, _, _, _, best = search._bound(lo, hi, search.prior, inherited)
-    without = search._bound(lo, hi, search.prior, None)[0]
-    assert (with_it >= without - 1e-12).all()
-    assert (with_it >= input_split.concretise(inherited[..., :-1], inherited[..., -1], lo, hi) - 1e-12).all()
-    g = torch.Generator().manual_seed(3)
-    pts = (
-        lo[:, None] + torch.rand(lo.shape[0], 4000, 5, dtype=torch.float64, generator=g) * (hi - lo)[:, None]
-    )
-    with torch.no_grad():
-        y = model(pts.reshape(-1, 5))
-    atom_gap = (cases.offsets - y @ cases.rows.T - input_split.MARGIN).reshape(lo.shape[0], 4000, -1)
-    true = atom_gap[..., cases.index].max(-1).values  # (leaves, points, cases)
-    for fn in (inherited, best):
-        value = torch.einsum("mcn,msn->msc", fn[..., :-1], pts) + fn[..., -1][:, None]
-        assert (true >= value - 1e-9).all()
