@@ -206,6 +206,7 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     threads = torch.get_num_threads()
+    rerun_stamp = f"{date.today().isoformat()}, commit {commit}, {threads} torch threads"
     stamp = f"{date.today().isoformat()}, commit {commit}, cap {args.cap:g} s, {threads} torch threads"
     for name in args.benchmarks:
         stamp_file = OUT / "vnnlib" / f"{name}.run.txt"
@@ -234,7 +235,9 @@ def main() -> None:
                 [
                     part[0],
                     "",
-                    f"Run: {run_stamp}" + (f"; open ones rerun {stamp}" if reruns else "") + ".",
+                    f"Run: {run_stamp}"
+                    + (f"; open ones rerun at their own time-outs {rerun_stamp}" if reruns else "")
+                    + ".",
                     *part[1:],
                 ]
             )
