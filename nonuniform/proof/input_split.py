@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
+from .lp_leaf import ReluChainLP, pre_lists
 
 #: An atom is refuted on a leaf only when its bound clears the threshold by this much.
 MARGIN = 1e-6
@@ -44,6 +45,8 @@ BRANCHINGS = ("sb", "widest", "fsb")
 #: 2.0: 122 s. The optimum is narrow: a scoring that bounds the candidate halves would be sturdier.
 WIDTH_WEIGHT = 0.75
 FSB_WIDTH = 0.05
+#: Most of a search's time the LP leaves may take (see :mod:`~nonuniform.proof.lp_leaf`).
+LP_SHARE = 0.5
 
 
 @dataclass
@@ -54,6 +57,8 @@ class SplitStats:
     open: int = 0  # sub-boxes still to do
     depth: int = 0  # most halvings of one leaf
     scored: int = 0  # candidate halves bounded to choose a split (fsb)
+    lp: int = 0  # leaves given the LP relaxation
+    lp_refuted: int = 0  # ... and refuted by it
 
 
 class InputSplit:
@@ -72,6 +77,7 @@ class InputSplit:
         batch: int = 1024,
         branching: str = "sb",
         max_leaves: int = 4_000_000,
+        lp: ReluChainLP | None = None,
     ) -> None:
         if bm.net.dtype != torch.float64:
             raise ValueError("InputSplit needs a float64 BoundedModel: its leaves are the final proof")
@@ -86,6 +92,8 @@ class InputSplit:
         self.spec = (-cases.rows)[None].to(torch.float64)  # lower bounds of -c . y
         self.threshold = (-cases.offsets).to(torch.float64) + MARGIN
         self.max_leaves = max_leaves
+        self.lp = lp  # open leaves, best first, get the LP relaxation while it takes < LP_SHARE
+        self.seconds = self.lp_seconds = 0.0
         self.stats = SplitStats(open=1)
         self.hints = torch.empty(0, *self.shape, dtype=torch.float64)
         self.best_hint = float("inf")
@@ -105,13 +113,15 @@ class InputSplit:
         """Bound and split leaves until ``deadline``, the proof, or a candidate counterexample:
         returns the input point (1, *input_shape) where some case holds in float64, else None."""
         while self.lo.shape[0] and time.perf_counter() < deadline and not self.exhausted:
-            found = self._step()
+            start = time.perf_counter()
+            found = self._step(deadline)
+            self.seconds += time.perf_counter() - start
             if found is not None:
                 return found
         self.stats.open = int(self.lo.shape[0])
         return None
 
-    def _step(self) -> Tensor | None:
+    def _step(self, deadline: float = float("inf")) -> Tensor | None:
         k = min(self.batch, self.lo.shape[0])
         lo, hi, depth = self.lo[-k:], self.hi[-k:], self.depth[-k:]
         prior = {i: (l[-k:], u[-k:]) for i, (l, u) in self.prior.items()}
@@ -122,6 +132,8 @@ class InputSplit:
         worst = case_gap.min(1)  # the leaf's least refuted case
         self.stats.leaves += m
         open_ = worst.values <= 0
+        if self.lp is not None and bool(open_.any()):
+            open_ &= ~self._lp_refuted(lo, hi, depth, state, case_gap, open_, deadline)
         if not open_.any():
             return None
         # candidate counterexamples: centres and the minimisers of the chosen atoms' linear bounds
@@ -157,6 +169,30 @@ class InputSplit:
         if self.cases.index.shape[1] > 1 and bool((case_gap <= 0).any()):
             case_gap = torch.maximum(case_gap, combined_gap(a, b - self.threshold, lo, hi, self.cases.index))
         return case_gap, gap, a, state
+
+    def _lp_refuted(self, lo: Tensor, hi: Tensor, depth: Tensor, state, case_gap: Tensor, open_: Tensor,
+                    deadline: float) -> Tensor:  # fmt: skip
+        """(m,) leaves whose open cases the certified LP refutes, trying the open leaves closest
+        to refuted first while the LP's share of the search time stays below :data:`LP_SHARE`."""
+        refuted = torch.zeros_like(open_)
+        worst = case_gap.min(1).values
+        for k in sorted(open_.nonzero().squeeze(1).tolist(), key=lambda i: (int(depth[i]), -float(worst[i]))):
+            now = time.perf_counter()
+            if self.lp_seconds > LP_SHARE * (self.seconds + 1e-3) or now >= deadline:
+                break
+            pre = pre_lists(state.pre, self.lp.acts, k)
+            ok = True
+            for g in (case_gap[k] <= 0).nonzero().squeeze(1).tolist():
+                atoms = self.cases.index[g].unique()
+                rows, offsets = self.cases.rows[atoms].numpy(), self.cases.offsets[atoms].numpy()
+                if not self.lp.refute(lo[k].numpy(), hi[k].numpy(), pre, rows, offsets) > MARGIN:
+                    ok = False
+                    break
+            refuted[k] = ok
+            self.stats.lp += 1
+            self.stats.lp_refuted += int(ok)
+            self.lp_seconds += time.perf_counter() - now
+        return refuted
 
     def _strong(self, lo: Tensor, hi: Tensor, pre: dict) -> Tensor:
         """(o,) per leaf, the dimension whose halves' worse bound is best, by bounding every
@@ -257,7 +293,8 @@ class Portfolio:
     def stats(self) -> SplitStats:
         each = [s.stats for s in self.searches]
         return SplitStats(sum(t.leaves for t in each), sum(t.open for t in each), max(t.depth for t in each),
-                          sum(t.scored for t in each))  # fmt: skip
+                          sum(t.scored for t in each), sum(t.lp for t in each),
+                          sum(t.lp_refuted for t in each))  # fmt: skip
 
     def run(self, deadline: float) -> Tensor | None:
         live = [s for s in self.searches if not s.exhausted]

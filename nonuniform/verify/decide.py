@@ -37,6 +37,7 @@ from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
 from ..proof.bab import ReluSplit, split_ops
 from ..proof.input_split import BRANCHINGS, MARGIN, InputSplit, Portfolio
+from ..proof.lp_leaf import ReluChainLP
 from .vnnlib import Property, VnnlibError
 
 
@@ -49,6 +50,7 @@ class VerifierConfig:
     branching: str = "portfolio"  # input splitting: sb, fsb, widest, or portfolio (sb and fsb in turns)
     split_batch: int = 1024  # input-split leaves bounded together
     relu_batch: int = 64  # ReLU-split leaves bounded together
+    lp_leaves: bool = False  # input splitting: certified LP on open leaves (ReLU chains; off: see NOTES)
     alpha: bool = True  # alpha-CROWN on what CROWN leaves open (when it fits the budget)
     attack_share: float = 0.25  # of every round, for the attacks
     first_round: float = 1.0  # seconds; rounds double
@@ -246,8 +248,9 @@ def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
     cases = region.open_cases
     if n_in <= cfg.input_split_max:
         rules = ("sb", "fsb") if cfg.branching == "portfolio" else (cfg.branching,)
+        lp = _relu_chain_lp(bm) if cfg.lp_leaves else None
         searches = [InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch if r != "fsb" else
-                               cfg.split_batch // (2 * n_in), branching=r) for r in rules]  # fmt: skip
+                               cfg.split_batch // (2 * n_in), branching=r, lp=lp) for r in rules]  # fmt: skip
         return searches[0] if len(searches) == 1 else Portfolio(searches)
     if not hasattr(bm.net, "ops") or not split_ops(bm):
         return None
@@ -259,6 +262,14 @@ def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
     spec = (-cases.rows[atoms])[None]
     return ReluSplit(bm, region.lo, region.hi, spec, -cases.offsets[atoms] + MARGIN, batch=cfg.relu_batch,
                      max_leaves=10**7)  # fmt: skip
+
+
+def _relu_chain_lp(bm: BoundedModel) -> ReluChainLP | None:
+    """The certified LP for input-split leaves, where the network is a ReLU chain."""
+    try:
+        return ReluChainLP(bm)
+    except ValueError:
+        return None
 
 
 def _why_exhausted(search) -> str:

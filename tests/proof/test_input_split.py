@@ -15,6 +15,7 @@ import nonuniform.proof.input_split as input_split
 from nonuniform.engine.bounds import BoundedModel
 from nonuniform.engine.specs import OutputCases
 from nonuniform.proof.input_split import InputSplit, combined_gap
+from nonuniform.proof.lp_leaf import ReluChainLP
 from nonuniform.proof.milp import verify_box_milp
 from tests.nets import mlp
 
@@ -49,14 +50,17 @@ def toys():
     return out
 
 
-def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5), branching: str = "sb") -> tuple[int, int, int]:
+def outcomes(
+    toys, scales=(0.7, 0.97, 1.03, 1.5), branching: str = "sb", lp: bool = False
+) -> tuple[int, int, int]:
     """(proofs at or beyond MILP's refuted radius, proofs, counterexamples that do not hold)."""
     bad = proved = false_points = 0
     for model, bm, x, label, lo_r, hi_r in toys:
         cases = robustness_cases(label, 3)
         for scale in scales:
             r = (lo_r if scale < 1 else hi_r) * scale
-            search = InputSplit(bm, x - r, x + r, cases, batch=256, branching=branching)
+            search = InputSplit(bm, x - r, x + r, cases, batch=256, branching=branching,
+                                lp=ReluChainLP(bm) if lp else None)  # fmt: skip
             point = search.run(time.perf_counter() + 3.0)
             if point is not None:
                 inside = bool(((point >= x - r) & (point <= x + r)).all())
@@ -68,9 +72,9 @@ def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5), branching: str = "sb") -> tupl
     return bad, proved, false_points
 
 
-@pytest.mark.parametrize("branching", ["sb", "fsb"])
-def test_input_splitting_agrees_with_milp(toys, branching):
-    bad, proved, false_points = outcomes(toys, branching=branching)
+@pytest.mark.parametrize("branching,lp", [("sb", False), ("fsb", False), ("sb", True)])
+def test_input_splitting_agrees_with_milp(toys, branching, lp):
+    bad, proved, false_points = outcomes(toys, branching=branching, lp=lp)
     assert bad == 0 and false_points == 0
     assert proved >= 4, proved  # of 6 below MILP's radius, including boxes CROWN alone cannot prove
 
