@@ -92,7 +92,7 @@ class InputSplit:
         self.spec = (-cases.rows)[None].to(torch.float64)  # lower bounds of -c . y
         self.threshold = (-cases.offsets).to(torch.float64) + MARGIN
         self.max_leaves = max_leaves
-        self.lp = lp  # open leaves, best first, get the LP relaxation while it takes < LP_SHARE
+        self.lp = lp  # open leaves, shallowest first, get the LP relaxation while it takes < LP_SHARE
         self.seconds = self.lp_seconds = 0.0
         self.stats = SplitStats(open=1)
         self.hints = torch.empty(0, *self.shape, dtype=torch.float64)
@@ -172,8 +172,9 @@ class InputSplit:
 
     def _lp_refuted(self, lo: Tensor, hi: Tensor, depth: Tensor, state, case_gap: Tensor, open_: Tensor,
                     deadline: float) -> Tensor:  # fmt: skip
-        """(m,) leaves whose open cases the certified LP refutes, trying the open leaves closest
-        to refuted first while the LP's share of the search time stays below :data:`LP_SHARE`."""
+        """(m,) leaves whose open cases the certified LP refutes, trying the shallowest open leaves
+        first (a refuted leaf saves its whole subtree; ties: closest to refuted) while the LP's
+        share of the search time stays below :data:`LP_SHARE`."""
         refuted = torch.zeros_like(open_)
         worst = case_gap.min(1).values
         for k in sorted(open_.nonzero().squeeze(1).tolist(), key=lambda i: (int(depth[i]), -float(worst[i]))):

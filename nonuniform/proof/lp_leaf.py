@@ -30,6 +30,7 @@ from scipy.optimize import linprog
 from ..engine.bounds import BoundedModel
 from ..ir.network import Activation, AffineOp
 from ..relax.activations import PiecewiseLinear
+from .milp import _dense_affine
 
 
 class ReluChainLP:
@@ -37,8 +38,6 @@ class ReluChainLP:
     :meth:`refute` fills in one leaf's bounds. Raises ``ValueError`` for other networks."""
 
     def __init__(self, bm: BoundedModel) -> None:
-        from .milp import _dense_affine
-
         net = bm.net
         if not hasattr(net, "ops") or not net.is_chain:
             raise ValueError("the LP leaf needs a chain of affine layers and ReLUs")
