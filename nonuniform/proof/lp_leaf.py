@@ -84,6 +84,7 @@ class ReluChainLP:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, self.n_var)
         )
         self.b_eq = np.concatenate(b_eq)
+        self.a_eq_t = self.a_eq[:, :-1].T.tocsr()  # without t's column, for the certificate
         self.w_out, self.b_out = chains[-1]
         self.last_at = prev_at
         # per neuron: z - h <= 0 and h - s z <= q (s filled per leaf); z, h indices of every neuron
@@ -140,7 +141,7 @@ class ReluChainLP:
         # phi(v) = sum_w lam_w g_w(v) - y_o . (A_o v - b_o) - y_eq . (A_eq v - b_eq), t dropped
         y_o = y_ub[: 2 * n]
         a_o = a_ub[: 2 * n, : self.t]
-        coef = -(a_o.T @ y_o) - (self.a_eq[:, : self.t].T @ y_eq)
+        coef = -(a_o.T @ y_o) - (self.a_eq_t @ y_eq)
         coef[last] += lam @ a_atoms
         const = lam @ e_atoms + y_o @ b_ub[: 2 * n] + y_eq @ self.b_eq
         value = np.minimum(coef * v_lo, coef * v_hi).sum() + const
