@@ -139,6 +139,8 @@ class PiecewiseLinear(Relaxation):
         self.negative_slope = float(negative_slope)
 
     def f(self, z: Tensor) -> Tensor:
+        if self.negative_slope == 0:  # one pass instead of three (same values and gradient, -0.0 aside)
+            return z.clamp(min=0)
         return torch.where(z >= 0, z, z * self.negative_slope)
 
     def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
@@ -146,21 +148,27 @@ class PiecewiseLinear(Relaxation):
         return (l < 0) & (u > 0)
 
     def relax(self, l: Tensor, u: Tensor, mode: str, alpha: Tensor | None = None) -> LinearRelaxation:
+        # Few passes, scalar operands and boolean masks: a CNN's relaxations are maps of hundreds of
+        # thousands of neurons, and each pass (with a fresh allocation) is most of their cost.
         a = self.negative_slope
-        unstable = (l < 0) & (u > 0)
+        unstable = (l < 0).logical_and_(u > 0)
         active = l >= 0
-        stable_slope = torch.where(active, torch.ones_like(l), torch.full_like(l, a))
-        # Safe denominator: only unstable entries use the chord, and there u - l > 0.
-        width = torch.where(unstable, u - l, torch.ones_like(l))
-        chord = (u - a * l) / width
+        one, slope = l.new_ones(()), l.new_full((), a)  # 0-dim: l's dtype (a Python float would be float32)
+        stable_slope = active.to(l.dtype) if a == 0 else torch.where(active, one, slope)
+        # the chord, used only where unstable; the safe denominator keeps the others' gradient finite
+        chord = (u if a == 0 else u - a * l) / torch.where(unstable, u - l, one)
         upper_slope = torch.where(unstable, chord, stable_slope)
-        upper_bias = torch.where(unstable, u - chord * u, torch.zeros_like(l))
+        # the chord through (l, a l): written as u - chord u it lost the whole intercept when u is huge
+        # (u = 1e30, l = -3: chord rounds to 1, the line z missed f(-3) = 0 by 3)
+        upper_bias = torch.where(unstable, (slope - chord).mul_(l), 0.0)
         if alpha is not None:
             lower_slope = torch.where(unstable.unsqueeze(1), alpha.clamp(a, 1.0), stable_slope.unsqueeze(1))
         elif mode == "fastlin":
             lower_slope = upper_slope.unsqueeze(1)
+        elif a == 0:  # CROWN's adaptive slope: 1 where u > -l (unstable) or active, else 0
+            lower_slope = (u > -l).logical_and_(unstable).logical_or_(active).to(l.dtype).unsqueeze(1)
         else:
-            adaptive = torch.where(u > -l, torch.ones_like(l), torch.full_like(l, a))
+            adaptive = torch.where(u > -l, one, slope)
             lower_slope = torch.where(unstable, adaptive, stable_slope).unsqueeze(1)
         return LinearRelaxation(
             lower_slope,
