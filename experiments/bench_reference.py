@@ -277,10 +277,14 @@ def main() -> None:
             f"({med['auto_LiRPA', 'crown'] / med['nonuniform', 'crown']:.1f}x) "
             f"| {_t(med['nonuniform', 'grad'])} / {_t(med['auto_LiRPA', 'grad'])} "
             f"({med['auto_LiRPA', 'grad'] / med['nonuniform', 'grad']:.1f}x) | {diff:.1e} "
-            f"| {_t(med['nonuniform', 'alpha'])} / {_t(med['auto_LiRPA', 'alpha'])} "
-            f"({med['auto_LiRPA', 'alpha'] / med['nonuniform', 'alpha']:.1f}x) "
-            f"| {gain['nonuniform']:+.3f} / {gain['auto_LiRPA']:+.3f} | {alpha_diff:+.3f} "
-            f"| {'yes' if sound else '**NO**'} |"
+            + (
+                f"| {_t(med['nonuniform', 'alpha'])} / {_t(med['auto_LiRPA', 'alpha'])} "
+                f"({med['auto_LiRPA', 'alpha'] / med['nonuniform', 'alpha']:.1f}x) "
+                f"| {gain['nonuniform']:+.3f} / {gain['auto_LiRPA']:+.3f} | {alpha_diff:+.3f} "
+                if args.alpha_repeats > 0
+                else "| not run | - | - "
+            )
+            + f"| {'yes' if sound else '**NO**'} |"
         )
         print(row, flush=True)
         rows.append(row)
