@@ -131,7 +131,7 @@ class InputSplit:
         case_gap, gap, a, state = self._bound(lo, hi, prior)
         worst = case_gap.min(1)  # the leaf's least refuted case
         self.stats.leaves += m
-        open_ = worst.values <= 0
+        open_ = ~(worst.values > 0)  # a NaN bound (overflow) refutes nothing
         if self.lp is not None and bool(open_.any()):
             open_ &= ~self._lp_refuted(lo, hi, depth, state, case_gap, open_, deadline)
         if not open_.any():
@@ -183,7 +183,7 @@ class InputSplit:
                 break
             pre = pre_lists(state.pre, self.lp.acts, k)
             ok = True
-            for g in (case_gap[k] <= 0).nonzero().squeeze(1).tolist():
+            for g in (~(case_gap[k] > 0)).nonzero().squeeze(1).tolist():
                 atoms = self.cases.index[g].unique()
                 rows, offsets = self.cases.rows[atoms].numpy(), self.cases.offsets[atoms].numpy()
                 if not self.lp.refute(lo[k].numpy(), hi[k].numpy(), pre, rows, offsets) > MARGIN:

@@ -173,3 +173,19 @@ def test_a_dimension_too_thin_to_halve_falls_back_to_the_widest():
     search._split(lo, half, torch.zeros(1, dtype=torch.long), {}, torch.tensor([0]))
     assert not search.exhausted and search.lo.shape[0] == 2
     assert search.hi[0].tolist() == [0.5, 0.5, 0.0] and search.lo[1].tolist() == [0.5, 0.0, 0.0]
+
+
+def test_a_nan_bound_refutes_nothing(toys, monkeypatch):
+    """Bounds that overflowed to NaN (every comparison false) must leave their leaves open."""
+    model, bm, x, label, lo_r, _ = toys[0]
+    original = input_split.InputSplit._bound
+
+    def nan_bound(self, lo, hi, prior):
+        case_gap, gap, a, state = original(self, lo, hi, prior)
+        return torch.full_like(case_gap, math.nan), gap, a, state
+
+    monkeypatch.setattr(input_split.InputSplit, "_bound", nan_bound)
+    r = 0.5 * lo_r  # a box MILP calls robust: with real bounds it is proved at once
+    search = InputSplit(bm, x - r, x + r, robustness_cases(label, 3), batch=64)
+    search.run(time.perf_counter() + 0.5)
+    assert not search.proved and search.stats.leaves > 0
