@@ -55,3 +55,22 @@ def test_per_channel_and_per_feature_domains_round_trip_through_certify_and_veri
             app, ["verify", str(out / "boxes.npz"), "--attack-restarts", "1", "--corners", "16"]
         )
         assert r.exit_code == 0 and "OK" in r.stdout, r.output
+
+
+def test_a_nan_bound_verifies_nothing(monkeypatch):
+    """A fresh bound that overflowed to NaN must count as a bound failure, not as a proof."""
+    import nonuniform.verify.boxes as boxes_module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    res = certify_boxes(net, torch.tensor([[0.2, 0.1], [0.5, 0.4]]))
+    assert res.certified.all() and verify_boxes(net, res, attack_restarts=1, attack_steps=5).ok
+    real = boxes_module.compute_bounds
+
+    def nan_bounds(*args, **kwargs):
+        lb, ub = real(*args, **kwargs)
+        return torch.full_like(lb, float("nan")), ub
+
+    monkeypatch.setattr(boxes_module, "compute_bounds", nan_bounds)
+    report = verify_boxes(net, res, attack_restarts=1, attack_steps=5)
+    assert not report.ok and len(report.bound_failures) == 2
