@@ -1,5 +1,5 @@
 """ReLU and LeakyReLU lines on the intervals where a rewrite goes wrong: points (``l = u``, also at
-0), one end at 0, tiny and huge widths, infinite ends; every mode, both dtypes."""
+0), one end at 0, tiny and huge (1e30) ends; every mode, both dtypes; the activation at +-inf."""
 
 from __future__ import annotations
 
