@@ -8,8 +8,8 @@ beside one busy process (1.2 s with 1 thread) -- each of its thousands of small 
 waits for the thread that shares a core. :func:`configure_threads` picks ``n`` if given, else
 ``OMP_NUM_THREADS`` if set, else the usable cores minus the processes running elsewhere right
 now (``/proc/loadavg``), at least 1, and caps it at the usable cores. Importing :mod:`nonuniform`
-applies the same default as a cap only (a user's setting is reduced, never raised); the CLI's
-``--threads`` sets it.
+changes nothing (a library leaves its host's threads alone); the CLI applies the policy, and its
+``--threads`` sets the count.
 """
 
 from __future__ import annotations
