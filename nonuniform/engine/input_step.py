@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..ir.network import AffineOp, Network
+from ..relax.activations import channels_last, flat_features
 
 #: Elements of ``M^T lam`` made at once (float32: 1 MiB, about an L2 cache).
 CHUNK = 2**18
@@ -50,7 +51,8 @@ def input_bound(net: Network, chain: list[int], lam: Tensor, lower: Tensor, uppe
     gc = centre
     for j in chain:
         gc = net.ops[j].forward(gc)
-    centre_term = (lam.flatten(2) @ gc.flatten(1).unsqueeze(-1)).squeeze(-1)
+    flat_lam, flat_gc = flat_features(lam, gc.unsqueeze(1))
+    centre_term = (flat_lam @ flat_gc.transpose(1, 2)).squeeze(-1)
     ops = [net.ops[j] for j in reversed(chain)]
     if torch.is_grad_enabled() and (lam.requires_grad or radius.requires_grad):
         return centre_term - _Radius.apply(lam, radius, ops)
@@ -68,17 +70,13 @@ def _chunks(b: int, per_sample: int) -> list[slice]:
     return [slice(s, s + step) for s in range(0, b, step)]
 
 
-#: (batch, rows, C, H, W) stored channels-last (what the transposed convolutions return)
-#: flattens without a copy in (H, W, C) order; the radius is read in the same order.
-_CHANNELS_LAST = (0, 1, 3, 4, 2)
-
-
 def _flat(a: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, bool]:
     """``a`` (batch, rows, *input) and ``radius`` (batch, *input) flattened in ``a``'s memory
-    order: (batch, rows, n), (batch, n, 1), and whether that order is channels-last."""
-    if a.dim() == 5 and not a.is_contiguous() and a.permute(_CHANNELS_LAST).is_contiguous():
-        return a.permute(_CHANNELS_LAST).flatten(2), radius.permute(0, 2, 3, 1).flatten(1).unsqueeze(-1), True
-    return a.flatten(2), radius.flatten(1).unsqueeze(-1), False
+    order (see :func:`flat_features`): (batch, rows, n), (batch, n, 1), and whether that order
+    is channels-last."""
+    last = channels_last(a)
+    a, r = flat_features(a, radius.unsqueeze(1))
+    return a, r.transpose(1, 2), last
 
 
 def _radius_term(lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:

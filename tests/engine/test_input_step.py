@@ -11,6 +11,7 @@ from nonuniform import Normalize
 from nonuniform.engine import bounds as bounds_module
 from nonuniform.engine import input_step
 from nonuniform.engine.bounds import BoundedModel
+from nonuniform.relax.activations import channels_last, feature_dot, flat_features
 from tests.graph_nets import TinyResNet
 
 
@@ -64,3 +65,24 @@ def test_an_input_read_twice_has_no_chain() -> None:
 
     bm = BoundedModel(TwoReaders(), (4,))
     assert input_step.input_chain(bm.net) == []
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (3, 1, 5, 6), (3, 4, 1, 1), (3, 4, 1, 6)])
+def test_channels_last_rows_are_read_in_their_own_order(shape) -> None:
+    """Rows stored channels-last (what the transposed convolutions return) are flattened in
+    (H, W, C) order without a copy: the dot products and their gradients are unchanged."""
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 1, *shape[1:], generator=g, dtype=torch.float64)
+    stored = rows.reshape(6, *shape[1:]).contiguous(memory_format=torch.channels_last).reshape(rows.shape)
+    for a in (rows, stored, stored[:, 1:]):
+        a = a.detach().requires_grad_(True)
+        got = feature_dot(a, w)
+        want = (a.detach() * w).flatten(2).sum(-1)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        flat, _ = flat_features(a, w)
+        if channels_last(a):
+            assert flat.data_ptr() == a.data_ptr() and flat._base is not None  # a view, no copy
+        got.sum().backward()
+        torch.testing.assert_close(a.grad, w.expand_as(a), rtol=0, atol=0)
+    assert channels_last(stored) == (shape[1] > 1 and shape[2:] != (1, 1))  # else both orders agree
