@@ -21,7 +21,8 @@ def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor, on_step: Callable[[], N
     Near the uniform box, CROWN's bound of the tightest margin is about ``const - sum_i s_i r_i``
     with ``s_i = -d bound / d r_i >= 0``; maximising ``sum_i log r_i`` under one such linear
     constraint gives ``r_i proportional to 1 / s_i``. The scale of that shape is then certified by
-    bisection, and grown by :func:`balance` (``on_step`` is called after each of its steps).
+    bisection, and grown by :func:`balance` (``on_step`` is called after each of its steps) --
+    from the uniform box instead where the shape's box is not larger.
     Returns log-radii shaped like ``rho_u`` (-inf rows where nothing certifies).
     """
     rho = rho_u.clone().requires_grad_(True)
@@ -37,6 +38,13 @@ def shaped_start(p: Problem, idx: Tensor, rho_u: Tensor, on_step: Callable[[], N
     log_shape = (log_shape - centre.reshape((-1,) + (1,) * (log_shape.dim() - 1))).clamp(-12, 12)
     t = largest_scale(p, idx, log_shape, guess=rho_u.flatten(1)[:, 0])  # the uniform box's scale
     rho = (t.reshape((-1,) + (1,) * (log_shape.dim() - 1)) + log_shape).clamp(p.log_min, p.log_max)
+    # The linearisation can overshoot far: where the bound has kinks the gradient does not see
+    # (a max-pool window of tied bounds passes its gradient to one input; ReLUs that flip), the
+    # shape lands below the uniform box (every box of verivital's Convnet_maxpool did). The
+    # balancing steps then start from the uniform box, where their damped steps still gain.
+    with torch.no_grad():
+        shaped, uniform = (p.mean_log_width(*p.box(*radii(p, r, idx), p.x0[idx])) for r in (rho, rho_u))
+    rho = torch.where((shaped > uniform).reshape((-1,) + (1,) * (rho.dim() - 1)), rho, rho_u)
     return balance(p, idx, rho, on_step) if p.cfg.shape_steps else rho
 
 

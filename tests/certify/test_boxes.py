@@ -352,3 +352,18 @@ def test_boxes_stay_inside_a_domain_whose_ends_float32_cannot_hold():
     assert np.isclose(res.lower.astype(np.float64), lo64, atol=1e-6).any()  # the ends are reached
     report = verify_boxes(net, res)
     assert report.ok and not report.malformed
+
+
+def test_maxpool_boxes_beat_uniform_and_hold(vnncomp_dir):
+    """verivital's Convnet_maxpool (conv, ReLU, 4x4 max-pool, linear): a window of tied bounds
+    (a blank background) passes its gradient to one input, so the linearised shaped start
+    overshoots far below the uniform box; the balancing steps must then start from the uniform
+    box. Every box was the uniform box before (2026-12-03)."""
+    model, _ = load_model(vnncomp_dir / "verivital" / "Convnet_maxpool.onnx")
+    x, _ = load_samples("mnist")
+    res = certify_boxes(model, x[:3], domain=(0.0, 1.0))
+    assert res.certified.all()
+    gain = res.log_volume - res.uniform_log_volume
+    assert (gain > 0.05 * x[0].numel()).all(), gain  # > 0.05 in mean log half-width per sample
+    report = verify_boxes(model, res, attack_restarts=3, corners=64)
+    assert report.ok, report
