@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..ir.network import AffineOp, Network
-from ..relax.activations import channels_last, flat_features
+from ..relax.rows import channels_last, flat_features
 
 #: Elements of ``M^T lam`` made at once (float32: 1 MiB, about an L2 cache).
 CHUNK = 2**18

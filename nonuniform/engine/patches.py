@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..ir.graph_ops import AddOp
 from ..ir.ops import ChannelAffineOp, ConvOp
-from ..relax.activations import LinearRelaxation, lower_plus
+from ..relax.activations import LinearRelaxation
+from ..relax.rows import lower_plus
 
 
 def _subgraph(net, src: int, relax: dict) -> list[int] | None:

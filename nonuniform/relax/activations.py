@@ -19,6 +19,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .rows import feature_dot, lower_plus
+
 #: Intervals narrower than this are relaxed by the constant lines act(l) <= act(z) <= act(u)
 #: (exact for monotone activations, and free of 0/0 in chord slopes).
 TINY_WIDTH = 1e-6
@@ -62,55 +64,6 @@ class LinearRelaxation:
         else:
             bias = feature_dot(lam, self.lower_bias) + feature_dot(neg, self.upper_bias - self.lower_bias)
         return lower_plus(lam, self.lower_slope, neg, self.upper_slope - self.lower_slope), bias
-
-
-def feature_dot(a: Tensor, w: Tensor) -> Tensor:
-    """``(a * w)`` summed over the feature dims: a (batch, rows, *f), w broadcastable -> (batch, rows).
-
-    A ``w`` shared by all rows (rows axis 1) is a batched matrix-vector product, which does not
-    materialise the product."""
-    if w.dim() == a.dim() and w.shape[1] == 1 and w.shape[2:] == a.shape[2:]:
-        a, w = flat_features(a, w)
-        return torch.matmul(a, w.transpose(1, 2)).squeeze(-1)
-    return (a * w).flatten(2).sum(-1)
-
-
-#: (batch, rows, C, H, W) -> (batch, rows, H, W, C): the order channels-last maps are stored in.
-CHANNELS_LAST = (0, 1, 3, 4, 2)
-
-
-def channels_last(a: Tensor) -> bool:
-    """Whether ``a`` (batch, rows, C, H, W) stores each map channels-last (what the transposed
-    convolutions return) and not also in the standard order (then flattening it copies)."""
-    if a.dim() != 5 or a.shape[0] * a.shape[1] == 0:
-        return False
-    one = a[0, 0]  # the feature strides, read by is_contiguous (which ignores size-1 dims)
-    return not one.is_contiguous() and one.permute(1, 2, 0).is_contiguous()
-
-
-def flat_features(a: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """``a`` (batch, rows, *f) and ``w`` (batch', rows', *f) flattened to (.., .., n) in ``a``'s
-    memory order: a channels-last ``a`` flattens in (H, W, C) order as a view (a copy of the
-    largest tensor of a CNN's bound, twice per bound, otherwise); ``w`` follows it."""
-    if channels_last(a):
-        return a.permute(CHANNELS_LAST).flatten(2), w.permute(CHANNELS_LAST).flatten(2)
-    return a.flatten(2), w.flatten(2)
-
-
-def lower_plus(lam: Tensor, slope: Tensor, neg: Tensor, extra: Tensor) -> Tensor:
-    """``lam * slope + neg * extra`` in two passes (in place when the shapes allow it)."""
-    out = lam * slope
-    if _fits(neg.shape, out.shape) and _fits(extra.shape, out.shape):
-        return out.addcmul_(neg, extra)
-    return torch.addcmul(out, neg, extra)
-
-
-def _fits(shape: torch.Size, target: torch.Size) -> bool:
-    """``shape`` broadcasts to ``target`` without growing it (``torch.broadcast_shapes`` is a
-    Python reference implementation costing ~0.4 ms a call)."""
-    if len(shape) > len(target):
-        return False
-    return all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(target)))
 
 
 class Relaxation:

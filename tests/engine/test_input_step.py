@@ -11,7 +11,7 @@ from nonuniform import Normalize
 from nonuniform.engine import bounds as bounds_module
 from nonuniform.engine import input_step
 from nonuniform.engine.bounds import BoundedModel
-from nonuniform.relax.activations import channels_last, feature_dot, flat_features
+from nonuniform.relax.rows import channels_last, feature_dot, flat_features
 from tests.graph_nets import TinyResNet
 
 
