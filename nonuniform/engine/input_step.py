@@ -75,7 +75,7 @@ def _flat(a: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, bool]:
     order (see :func:`flat_features`): (batch, rows, n), (batch, n, 1), and whether that order
     is channels-last."""
     last = channels_last(a)
-    a, r = flat_features(a, radius.unsqueeze(1))
+    a, r = flat_features(a, radius.unsqueeze(1), last)
     return a, r.transpose(1, 2), last
 
 

@@ -37,11 +37,12 @@ def channels_last(a: Tensor) -> bool:
     return not one.is_contiguous() and one.permute(1, 2, 0).is_contiguous()
 
 
-def flat_features(a: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+def flat_features(a: Tensor, w: Tensor, last: bool | None = None) -> tuple[Tensor, Tensor]:
     """``a`` (batch, rows, *f) and ``w`` (batch', rows', *f) flattened to (.., .., n) in ``a``'s
     memory order: a channels-last ``a`` flattens in (H, W, C) order as a view (a copy of the
-    largest tensor of a CNN's bound, twice per bound, otherwise); ``w`` follows it."""
-    if channels_last(a):
+    largest tensor of a CNN's bound, twice per bound, otherwise); ``w`` follows it. ``last``:
+    :func:`channels_last` of ``a`` when the caller has it already."""
+    if channels_last(a) if last is None else last:
         return a.permute(CHANNELS_LAST).flatten(2), w.permute(CHANNELS_LAST).flatten(2)
     return a.flatten(2), w.flatten(2)
 
