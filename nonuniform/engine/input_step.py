@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..ir.network import AffineOp, Network
-from ..relax.rows import channels_last, flat_features
+from ..relax.rows import channels_last, flat_features, row_dot
 
 #: Elements of ``M^T lam`` made at once (float32: 1 MiB, about an L2 cache).
 CHUNK = 2**18
@@ -52,7 +52,7 @@ def input_bound(net: Network, chain: list[int], lam: Tensor, lower: Tensor, uppe
     for j in chain:
         gc = net.ops[j].forward(gc)
     flat_lam, flat_gc = flat_features(lam, gc.unsqueeze(1))
-    centre_term = (flat_lam @ flat_gc.transpose(1, 2)).squeeze(-1)
+    centre_term = row_dot(flat_lam, flat_gc.squeeze(1))
     ops = [net.ops[j] for j in reversed(chain)]
     if torch.is_grad_enabled() and (lam.requires_grad or radius.requires_grad):
         return centre_term - _Radius.apply(lam, radius, ops)
@@ -72,11 +72,11 @@ def _chunks(b: int, per_sample: int) -> list[slice]:
 
 def _flat(a: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, bool]:
     """``a`` (batch, rows, *input) and ``radius`` (batch, *input) flattened in ``a``'s memory
-    order (see :func:`flat_features`): (batch, rows, n), (batch, n, 1), and whether that order
+    order (see :func:`flat_features`): (batch, rows, n), (batch, n), and whether that order
     is channels-last."""
     last = channels_last(a)
     a, r = flat_features(a, radius.unsqueeze(1), last)
-    return a, r.transpose(1, 2), last
+    return a, r.squeeze(1), last
 
 
 def _radius_term(lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:
@@ -84,7 +84,7 @@ def _radius_term(lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:
     out = []
     for c in _chunks(lam.shape[0], lam.shape[1] * radius[0].numel()):
         a, r, _ = _flat(_transpose(ops, lam[c]), radius[c])
-        out.append((a.abs_() @ r).squeeze(-1))
+        out.append(row_dot(a.abs_(), r))
     return torch.cat(out)
 
 
@@ -106,7 +106,7 @@ class _Radius(torch.autograd.Function):
     def forward(ctx, lam: Tensor, radius: Tensor, ops: list[AffineOp]) -> Tensor:  # type: ignore[override]
         a, r, ctx.last = _flat(_transpose(ops, lam.detach()), radius.detach())
         buf = _buffer(a)
-        out = torch.cat([(_abs(a[c], buf) @ r[c]).squeeze(-1) for c in _chunks(a.shape[0], a[0].numel())])
+        out = torch.cat([row_dot(_abs(a[c], buf), r[c]) for c in _chunks(a.shape[0], a[0].numel())])
         ctx.ops, ctx.lam_shape, ctx.in_shape = ops, lam.shape, radius.shape[1:]
         ctx.save_for_backward(r, a)
         return out
@@ -115,7 +115,7 @@ class _Radius(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         r, a = ctx.saved_tensors
         need_lam, need_r = ctx.needs_input_grad[:2]
-        r = r.transpose(1, 2)  # (batch, 1, n)
+        r = r.unsqueeze(1)  # (batch, 1, n)
         x = torch.empty_like(a) if need_lam else None
         g_r = torch.empty_like(r) if need_r else None
         buf = _buffer(a)

@@ -20,8 +20,43 @@ def feature_dot(a: Tensor, w: Tensor) -> Tensor:
     materialise the product."""
     if w.dim() == a.dim() and w.shape[1] == 1 and w.shape[2:] == a.shape[2:]:
         a, w = flat_features(a, w)
-        return torch.matmul(a, w.transpose(1, 2)).squeeze(-1)
+        return row_dot(a, w.squeeze(1))
     return (a * w).flatten(2).sum(-1)
+
+
+def row_dot(a: Tensor, v: Tensor) -> Tensor:
+    """``a @ v`` per sample: a (batch, rows, n), v (batch, n) -> (batch, rows); batch axes of size
+    1 broadcast.
+
+    Made as the row vector ``v`` times ``a`` transposed: MKL's batched matrix-vector product over
+    row-major rows runs 1.7-4x slower than the same sums in this form (2026-12-03, one thread:
+    (32, 91, 100) 176 -> 73 us, (8, 774, 2048) 8.5 -> 4.6 ms). The gradient is written out for
+    the same reason: autograd's would be an outer product by a ``bmm`` of inner size 1 and a
+    transposed ``a``-sized gradient (elementwise passes over mixed layouts are slow)."""
+    if torch.is_grad_enabled() and (a.requires_grad or v.requires_grad):
+        return _RowDot.apply(a, v)
+    return _row_dot(a, v)
+
+
+def _row_dot(a: Tensor, v: Tensor) -> Tensor:
+    return torch.matmul(v.unsqueeze(-2), a.transpose(-1, -2)).squeeze(-2)
+
+
+class _RowDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, v)
+        return _row_dot(a, v)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        a, v = ctx.saved_tensors
+        g_a = g_v = None
+        if ctx.needs_input_grad[0]:
+            g_a = (g.unsqueeze(-1) * v.unsqueeze(-2)).sum_to_size(a.shape)
+        if ctx.needs_input_grad[1]:
+            g_v = torch.matmul(g.unsqueeze(-2), a).squeeze(-2).sum_to_size(v.shape)
+        return g_a, g_v
 
 
 #: (batch, rows, C, H, W) -> (batch, rows, H, W, C): the order channels-last maps are stored in.
@@ -63,4 +98,4 @@ def _fits(shape: torch.Size, target: torch.Size) -> bool:
     return all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(target)))
 
 
-__all__ = ["CHANNELS_LAST", "channels_last", "feature_dot", "flat_features", "lower_plus"]
+__all__ = ["CHANNELS_LAST", "channels_last", "feature_dot", "flat_features", "lower_plus", "row_dot"]
