@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -47,6 +48,25 @@ WIDTH_WEIGHT = 0.75
 FSB_WIDTH = 0.05
 #: Most of a search's time the LP leaves may take (see :mod:`~nonuniform.proof.lp_leaf`).
 LP_SHARE = 0.5
+#: Most of a search's time ReLU splitting inside its leaves may take (``relu``).
+RELU_SHARE = 0.5
+#: A leaf that ReLU splitting gave back is not handed over again for this many halvings.
+RELU_HOLD = 2
+
+
+class LeafHandoff(Protocol):
+    """Where open leaves can go instead of being halved
+    (:class:`~nonuniform.proof.leaf_relu.LeafReluSplit`)."""
+
+    empty: bool
+
+    def eligible(self, state, idx: Tensor, depth: Tensor, gap: Tensor) -> Tensor: ...
+
+    def add(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict) -> None: ...
+
+    def step(self) -> int: ...
+
+    def take_returned(self) -> list: ...
 
 
 @dataclass
@@ -59,6 +79,8 @@ class SplitStats:
     scored: int = 0  # candidate halves bounded to choose a split (fsb)
     lp: int = 0  # leaves given the LP relaxation
     lp_refuted: int = 0  # ... and refuted by it
+    relu: int = 0  # leaves handed to ReLU splitting
+    relu_refuted: int = 0  # ... and refuted by it (the rest came back)
 
 
 class InputSplit:
@@ -78,6 +100,7 @@ class InputSplit:
         branching: str = "sb",
         max_leaves: int = 4_000_000,
         lp: ReluChainLP | None = None,
+        relu: LeafHandoff | None = None,
     ) -> None:
         if bm.net.dtype != torch.float64:
             raise ValueError("InputSplit needs a float64 BoundedModel: its leaves are the final proof")
@@ -87,20 +110,22 @@ class InputSplit:
         self.shape = tuple(lower.shape[1:])
         self.lo, self.hi = lower.flatten(1).clone(), upper.flatten(1).clone()
         self.depth = torch.zeros(1, dtype=torch.long)
+        self.hold = torch.zeros(1, dtype=torch.long)  # per leaf: not handed to ``relu`` below this depth
         self.prior: dict[int, tuple[Tensor, Tensor]] = {}  # per leaf: its parent's op input bounds
         self.root_width = (self.hi - self.lo).clamp(min=1e-30)[0]
         self.spec = (-cases.rows)[None].to(torch.float64)  # lower bounds of -c . y
         self.threshold = (-cases.offsets).to(torch.float64) + MARGIN
         self.max_leaves = max_leaves
         self.lp = lp  # open leaves, shallowest first, get the LP relaxation while it takes < LP_SHARE
-        self.seconds = self.lp_seconds = 0.0
+        self.relu = relu  # open leaves with few unstable ReLUs get ReLU splitting, within RELU_SHARE
+        self.seconds = self.lp_seconds = self.relu_seconds = 0.0
         self.stats = SplitStats(open=1)
         self.hints = torch.empty(0, *self.shape, dtype=torch.float64)
         self.best_hint = float("inf")
 
     @property
     def proved(self) -> bool:
-        return self.lo.shape[0] == 0
+        return self.lo.shape[0] == 0 and (self.relu is None or self.relu.empty)
 
     @property
     def exhausted(self) -> bool:
@@ -112,8 +137,17 @@ class InputSplit:
     def run(self, deadline: float) -> Tensor | None:
         """Bound and split leaves until ``deadline``, the proof, or a candidate counterexample:
         returns the input point (1, *input_shape) where some case holds in float64, else None."""
-        while self.lo.shape[0] and time.perf_counter() < deadline and not self.exhausted:
+        while not self.proved and time.perf_counter() < deadline and not self.exhausted:
             start = time.perf_counter()
+            if (
+                self.relu is not None
+                and not self.relu.empty
+                and (not self.lo.shape[0] or self.relu_seconds < RELU_SHARE * (self.seconds + 1e-3))
+            ):
+                self._relu_step()
+                self.relu_seconds += time.perf_counter() - start
+                self.seconds += time.perf_counter() - start
+                continue
             found = self._step(deadline)
             self.seconds += time.perf_counter() - start
             if found is not None:
@@ -123,9 +157,9 @@ class InputSplit:
 
     def _step(self, deadline: float = float("inf")) -> Tensor | None:
         k = min(self.batch, self.lo.shape[0])
-        lo, hi, depth = self.lo[-k:], self.hi[-k:], self.depth[-k:]
+        lo, hi, depth, hold = self.lo[-k:], self.hi[-k:], self.depth[-k:], self.hold[-k:]
         prior = {i: (l[-k:], u[-k:]) for i, (l, u) in self.prior.items()}
-        self.lo, self.hi, self.depth = self.lo[:-k], self.hi[:-k], self.depth[:-k]
+        self.lo, self.hi, self.depth, self.hold = self.lo[:-k], self.hi[:-k], self.depth[:-k], self.hold[:-k]
         self.prior = {i: (l[:-k], u[:-k]) for i, (l, u) in self.prior.items()}
         m = lo.shape[0]
         case_gap, gap, a, state = self._bound(lo, hi, prior)
@@ -144,13 +178,35 @@ class InputSplit:
         corner = torch.where(coef > 0, lo[idx], hi[idx])
         # the open leaves go back (halved) before a candidate is returned: the caller may find
         # that it fails the float32 check and go on, and the proof must still cover them
+        points = torch.cat([(lo[idx] + hi[idx]) / 2, corner])
+        if self.relu is not None:  # leaves with few unstable ReLUs: ReLU splitting instead of halving
+            hand = self.relu.eligible(state, idx, depth[idx], worst.values[idx]) & (depth[idx] >= hold[idx])
+            if bool(hand.any()):
+                h = idx[hand]
+                self.relu.add(lo[h], hi[h], depth[h], {i: (l[h], u[h]) for i, (l, u) in state.pre.items()})
+                self.stats.relu += int(hand.sum())
+                idx, coef = idx[~hand], coef[~hand]
+            if not idx.numel():
+                return self._check(points)
         pre = {i: (l[idx], u[idx]) for i, (l, u) in state.pre.items()}
         if self.branching == "fsb":
             dim = self._strong(lo[idx], hi[idx], pre)
         else:
             dim = self._choose(coef, lo[idx], hi[idx])
-        self._split(lo[idx], hi[idx], depth[idx], pre, dim)
-        return self._check(torch.cat([(lo[idx] + hi[idx]) / 2, corner]))
+        self._split(lo[idx], hi[idx], depth[idx], pre, dim, hold[idx])
+        return self._check(points)
+
+    def _relu_step(self) -> None:
+        """One batch of ReLU splitting; leaves it gives back return to the frontier, held."""
+        self.relu.step()
+        back = self.relu.take_returned()
+        self.stats.relu_refuted = self.relu.refuted
+        if back:
+            pre = {i: (torch.cat([o.pre[i][0] for o in back]), torch.cat([o.pre[i][1] for o in back]))
+                   for i in back[0].pre}  # fmt: skip
+            depth = torch.cat([o.depth for o in back])
+            self._push([torch.cat([o.lo for o in back])], [torch.cat([o.hi for o in back])], [depth], pre, 1,
+                       [depth + RELU_HOLD])  # fmt: skip
 
     def _bound(self, lo: Tensor, hi: Tensor, prior: dict) -> tuple[Tensor, Tensor, Tensor, object]:
         """CROWN on flat leaves: (case gaps (m, cases), atom gaps (m, atoms), input coefficients
@@ -230,9 +286,12 @@ class InputSplit:
             self.hints = points[order].reshape(-1, *self.shape)
         return None
 
-    def _push(self, los, his, depths, pre, copies: int) -> None:
+    def _push(self, los, his, depths, pre, copies: int, holds=None) -> None:
         self.lo, self.hi = torch.cat([self.lo, *los]), torch.cat([self.hi, *his])
         self.depth = torch.cat([self.depth, *depths])
+        self.hold = torch.cat(
+            [self.hold, *(holds if holds is not None else [torch.zeros_like(d) for d in depths])]
+        )
         if not self.prior:  # the root's children: the frontier had no bounds yet
             self.prior = {i: (l[:0], u[:0]) for i, (l, u) in pre.items()}
         self.prior = {i: (torch.cat([l, *[pre[i][0]] * copies]), torch.cat([u, *[pre[i][1]] * copies]))
@@ -249,8 +308,10 @@ class InputSplit:
         return (score + WIDTH_WEIGHT * rel / rel.max(1, keepdim=True).values.clamp(min=1e-30)).argmax(1)
 
     def _split(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]],
-               dim: Tensor) -> None:  # fmt: skip
-        """Halve each leaf along ``dim``; both halves inherit the leaf's op bounds ``pre``."""
+               dim: Tensor, hold: Tensor | None = None) -> None:  # fmt: skip
+        """Halve each leaf along ``dim``; both halves inherit the leaf's op bounds ``pre`` (and
+        ``hold``, the depth below which ReLU splitting does not take them)."""
+        hold = torch.zeros_like(depth) if hold is None else hold
         rows = torch.arange(lo.shape[0])
         mid = (lo[rows, dim] + hi[rows, dim]) / 2
         thin = (mid <= lo[rows, dim]) | (mid >= hi[rows, dim])
@@ -259,12 +320,12 @@ class InputSplit:
             mid = (lo[rows, dim] + hi[rows, dim]) / 2
         if bool(((mid <= lo[rows, dim]) | (mid >= hi[rows, dim])).any()):
             self._stuck = True  # a leaf too thin to halve in float64: give up, soundly
-            self._push([lo], [hi], [depth], pre, 1)
+            self._push([lo], [hi], [depth], pre, 1, [hold])
             return
         left_hi, right_lo = hi.clone(), lo.clone()
         left_hi[rows, dim] = mid
         right_lo[rows, dim] = mid
-        self._push([lo, right_lo], [left_hi, hi], [depth + 1, depth + 1], pre, 2)
+        self._push([lo, right_lo], [left_hi, hi], [depth + 1, depth + 1], pre, 2, [hold, hold])
         self.stats.depth = max(self.stats.depth, int(depth.max()) + 1)
 
 
@@ -295,7 +356,8 @@ class Portfolio:
         each = [s.stats for s in self.searches]
         return SplitStats(sum(t.leaves for t in each), sum(t.open for t in each), max(t.depth for t in each),
                           sum(t.scored for t in each), sum(t.lp for t in each),
-                          sum(t.lp_refuted for t in each))  # fmt: skip
+                          sum(t.lp_refuted for t in each), sum(t.relu for t in each),
+                          sum(t.relu_refuted for t in each))  # fmt: skip
 
     def run(self, deadline: float) -> Tensor | None:
         live = [s for s in self.searches if not s.exhausted]

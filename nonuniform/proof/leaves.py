@@ -95,6 +95,7 @@ def leaf_bound(
     steps: int,
     threshold: Tensor | None = None,
     record: dict[int, Tensor] | None = None,
+    done=None,
 ) -> tuple[Tensor, LeafParams]:
     """Lower bounds ``(m, s)`` of ``spec @ f`` on each leaf and the parameters that gave them.
 
@@ -102,7 +103,8 @@ def leaf_bound(
     ``splits[i]`` ``(m, *shape_i)`` int8 in {-1, 0, 1}. ``steps`` of projected Adam from
     ``params``; stops early once every row of every leaf clears ``threshold`` (a number or one per
     row). ``record``, if given, receives each ReLU op's coefficients ``(m, s, *shape)`` of the
-    best iterate's pass (for :func:`branch_choice`).
+    best iterate's pass (for :func:`branch_choice`). ``done(slack)``: which leaves (m,) are
+    finished given their rows' slack over ``threshold`` (default: every row clears it).
     """
     ops, dt = bm.net.ops, bm.net.dtype
     m, s = spec.shape[:2]
@@ -130,7 +132,7 @@ def leaf_bound(
         # a leaf whose rows all clear the threshold stops (per leaf: no batch-mate changes a bound)
         live = torch.ones(m, dtype=torch.bool, device=spec.device)
         if threshold is not None:
-            live = ~(best >= threshold).all(1)
+            live = ~(done(best - threshold) if done is not None else (best >= threshold).all(1))
         if step == steps or not free or not bool(live.any()):
             break
         grads = torch.autograd.grad(out.sum(), free)

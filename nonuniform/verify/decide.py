@@ -37,6 +37,7 @@ from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
 from ..proof.bab import ReluSplit, split_ops
 from ..proof.input_split import BRANCHINGS, MARGIN, InputSplit, Portfolio
+from ..proof.leaf_relu import LeafReluSplit
 from ..proof.lp_leaf import ReluChainLP
 from .vnnlib import Property, VnnlibError
 
@@ -51,6 +52,9 @@ class VerifierConfig:
     split_batch: int = 1024  # input-split leaves bounded together
     relu_batch: int = 64  # ReLU-split leaves bounded together
     lp_leaves: bool = False  # input splitting: certified LP on open leaves (ReLU chains; off: see NOTES)
+    leaf_relu: bool = (
+        False  # input splitting: ReLU splitting inside leaves with few unstable ReLUs (off: NOTES)
+    )
     alpha: bool = True  # alpha-CROWN on what CROWN leaves open (when it fits the budget)
     attack_share: float = 0.25  # of every round, for the attacks
     first_round: float = 1.0  # seconds; rounds double
@@ -249,8 +253,14 @@ def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
     if n_in <= cfg.input_split_max:
         rules = ("sb", "fsb") if cfg.branching == "portfolio" else (cfg.branching,)
         lp = _relu_chain_lp(bm) if cfg.lp_leaves else None
+        shape = tuple(region.lo.shape[1:])
+
+        def relu():  # each search its own: the sub-problems belong to its leaves
+            return LeafReluSplit(bm, cases, shape, cfg.relu_batch) if cfg.leaf_relu else None
+
         searches = [InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch if r != "fsb" else
-                               cfg.split_batch // (2 * n_in), branching=r, lp=lp) for r in rules]  # fmt: skip
+                               cfg.split_batch // (2 * n_in), branching=r, lp=lp, relu=relu())
+                    for r in rules]  # fmt: skip
         return searches[0] if len(searches) == 1 else Portfolio(searches)
     if not hasattr(bm.net, "ops") or not split_ops(bm):
         return None
@@ -292,7 +302,12 @@ def _method_name(regions: list[_Region]) -> str:
 def _search_stats(regions: list[_Region]) -> dict:
     leaves = sum(r.search.leaves if isinstance(r.search, ReluSplit) else r.search.stats.leaves
                  for r in regions if r.search is not None)  # fmt: skip
-    return {"leaves": leaves}
+    split = [r.search.stats for r in regions if r.search is not None and not isinstance(r.search, ReluSplit)]
+    handed = sum(s.relu for s in split)
+    if not handed:
+        return {"leaves": leaves}
+    # leaf_relu: input leaves given to ReLU splitting, and how many of them it refuted
+    return {"leaves": leaves, "relu_handed": handed, "relu_refuted": sum(s.relu_refuted for s in split)}
 
 
 BRANCHINGS = (*BRANCHINGS, "portfolio")

@@ -82,10 +82,10 @@ def test_input_splitting_agrees_with_milp(toys, branching, lp):
 def test_a_dropped_half_is_caught(toys, monkeypatch):
     original = input_split.InputSplit._split
 
-    def keep_left_half(self, lo, hi, depth, pre, dim):  # unsound on purpose: the right halves vanish
-        original(self, lo, hi, depth, pre, dim)
+    def keep_left_half(self, lo, hi, depth, pre, dim, hold=None):  # unsound on purpose: right halves vanish
+        original(self, lo, hi, depth, pre, dim, hold)
         n = lo.shape[0]
-        self.lo, self.hi, self.depth = self.lo[:-n], self.hi[:-n], self.depth[:-n]
+        self.lo, self.hi, self.depth, self.hold = self.lo[:-n], self.hi[:-n], self.depth[:-n], self.hold[:-n]
         self.prior = {i: (lb[:-n], ub[:-n]) for i, (lb, ub) in self.prior.items()}
 
     monkeypatch.setattr(input_split.InputSplit, "_split", keep_left_half)
@@ -168,7 +168,12 @@ def test_a_dimension_too_thin_to_halve_falls_back_to_the_widest():
     lo = torch.tensor([[0.5, 0.0, -1.0]], dtype=torch.float64)
     hi = torch.tensor([[0.5, 1.0, 1.0]], dtype=torch.float64)  # X_0 fixed: zero width
     search = InputSplit(bm, lo, hi, robustness_cases(0, 3))
-    search.lo, search.hi, search.depth = search.lo[:0], search.hi[:0], search.depth[:0]
+    search.lo, search.hi, search.depth, search.hold = (
+        search.lo[:0],
+        search.hi[:0],
+        search.depth[:0],
+        search.hold[:0],
+    )
     half = torch.tensor([[0.5, 0.5, 1.0]], dtype=torch.float64)  # a leaf: X_1 already halved once
     search._split(lo, half, torch.zeros(1, dtype=torch.long), {}, torch.tensor([0]))
     assert not search.exhausted and search.lo.shape[0] == 2

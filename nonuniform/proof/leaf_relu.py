@@ -1,0 +1,184 @@
+"""ReLU splitting inside the leaves of input splitting: the near-ties of low-dimensional inputs.
+
+Input splitting (:mod:`~nonuniform.proof.input_split`) shrinks every intermediate bound at once,
+but near a point where the property almost fails (ACAS Xu 4_2 and 3_3 property 2: the best point
+found is 0.001 from unsafe) a linear relaxation closes the gap only on tiny sub-boxes, and halving
+five dimensions multiplies the leaves faster than it closes the gaps (39,000 open leaves after
+40 s). Such leaves still have only tens of unstable ReLUs, and fixing a few of them exactly
+(ReLU branch-and-bound with alpha and beta, as :class:`~nonuniform.proof.bab.ReluSplit`) refutes
+them in a handful of sub-problems: measured on 4_2 prop 2 (2026-12-03), 17 of 20 random open
+leaves of the 5-s frontier in 1-51 sub-problems each, 20 of 20 of the 40-s frontier in 1-11;
+the leaves left had 99 or more unstable neurons.
+
+:class:`LeafReluSplit` takes open input leaves (*owners*) with at most :data:`MAX_UNSTABLE` unstable
+neurons and bounds the ReLU sub-problems of many owners in one batch, each on its own box. A
+sub-problem is refuted when every case has an atom whose bound clears the threshold (a case is
+an AND of atoms: one impossible atom refutes it; different sub-problems may use different
+atoms). An owner is refuted once all of its sub-problems are; an owner whose sub-problems exceed
+:data:`MAX_SUB` (or that reaches a sub-problem with nothing left to split) is *given back* to
+input splitting whole, its queued sub-problems dropped.
+
+Why it is sound: the sub-problems of an owner are its box under both sides of every split
+(:data:`~nonuniform.proof.bab.SIDES`), each bounded in float64 by the same beta-CROWN leaf bound
+as ReLU splitting (:func:`~nonuniform.proof.leaves.leaf_bound`) with the input splitting's
+safety margin; the owner's intermediate bounds (its parent's, valid on any subset of its box)
+are intersected in as ``prior``. An owner leaves the search only refuted (all sub-problems) or
+given back (then input splitting covers it again), so the input search is proved only when its
+frontier and this queue are both empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..engine.bounds import BoundedModel
+from ..engine.specs import OutputCases
+from . import bab  # SIDES read at call time: the soundness test patches it
+from .leaves import LeafParams, branch_choice, leaf_bound, start_params
+
+#: Open input leaves with at most this many unstable ReLUs (CROWN, summed over layers) go to ReLU
+#: splitting. On 4_2 prop 2's frontiers every leaf with <= 75 was refuted, none with >= 99.
+MAX_UNSTABLE = 64
+#: Sub-problems one owner may take before it is given back to input splitting.
+MAX_SUB = 96
+#: Adam steps of alpha and beta per sub-problem (warm-started from its parent's).
+STEPS = 10
+
+
+@dataclass
+class _Owner:
+    lo: Tensor  # (1, n) flat
+    hi: Tensor
+    depth: Tensor  # (1,)
+    pre: dict[int, tuple[Tensor, Tensor]]  # its op input bounds, (1, *shape) each
+    queued: int = 1
+    bounded: int = 0
+
+
+@dataclass
+class _Sub:
+    owner: int
+    splits: dict[int, Tensor]  # (1, *shape) int8 per split op
+    params: LeafParams | None = None
+
+
+def unstable_counts(state, ops: list[int]) -> Tensor:
+    """(m,) unstable neurons per leaf, summed over the split ops' input bounds."""
+    counts = None
+    for i in ops:
+        l, u = state.pre[i]
+        c = ((l < 0) & (u > 0)).flatten(1).sum(1)
+        counts = c if counts is None else counts + c
+    return counts
+
+
+class LeafReluSplit:
+    """ReLU branch-and-bound on the open leaves of an input-splitting search (module docstring).
+
+    ``shape``: the model's input shape; boxes are handed over flat ``(k, n)`` in float64.
+    """
+
+    def __init__(self, bm: BoundedModel, cases: OutputCases, shape: tuple[int, ...], batch: int = 64,
+                 steps: int = STEPS, max_sub: int = MAX_SUB) -> None:  # fmt: skip
+        self.bm, self.cases, self.shape = bm, cases, shape
+        self.batch, self.steps, self.max_sub = batch, steps, max_sub
+        self.ops = bab.split_ops(bm)
+        self.spec = (-cases.rows)[None].to(torch.float64)
+        self.threshold = (-cases.offsets).to(torch.float64) + bab.MARGIN
+        self.owners: dict[int, _Owner] = {}
+        self.queue: list[_Sub] = []
+        self.returned: list[_Owner] = []
+        self._next = 0
+        self.refuted = self.given_back = self.bounded = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.owners
+
+    def eligible(self, state, idx: Tensor, depth: Tensor, gap: Tensor) -> Tensor:
+        """(k,) which of the open leaves ``idx`` of ``state`` (an input-splitting batch, with their
+        depths and worst case gaps) to take."""
+        return unstable_counts(state, self.ops)[idx] <= MAX_UNSTABLE
+
+    def add(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]]) -> None:
+        """Take over the leaves ``lo``/``hi`` (k, n) with their depths and op bounds."""
+        for k in range(lo.shape[0]):
+            sub_pre = {i: (l[k : k + 1], u[k : k + 1]) for i, (l, u) in pre.items()}
+            self.owners[self._next] = _Owner(lo[k : k + 1], hi[k : k + 1], depth[k : k + 1], sub_pre)
+            splits = {i: torch.zeros_like(sub_pre[i][0], dtype=torch.int8) for i in self.ops}
+            self.queue.append(_Sub(self._next, splits))
+            self._next += 1
+
+    def take_returned(self) -> list[_Owner]:
+        out, self.returned = self.returned, []
+        return out
+
+    def step(self) -> int:
+        """Bound one batch of sub-problems (the newest first); returns how many."""
+        todo: list[_Sub] = []
+        while self.queue and len(todo) < self.batch:
+            sub = self.queue.pop()
+            if sub.owner in self.owners:  # else its owner was given back
+                todo.append(sub)
+        if not todo:
+            return 0
+        m, bm = len(todo), self.bm
+        own = [self.owners[s.owner] for s in todo]
+        lo = torch.cat([o.lo for o in own]).reshape(m, *self.shape)
+        hi = torch.cat([o.hi for o in own]).reshape(m, *self.shape)
+        prior = {i: (torch.cat([o.pre[i][0] for o in own]), torch.cat([o.pre[i][1] for o in own]))
+                 for i in own[0].pre}  # fmt: skip
+        splits = {i: torch.cat([s.splits[i] for s in todo]) for i in self.ops}
+        spec = self.spec.expand(m, -1, -1)
+        with torch.no_grad():
+            state = bm.propagate(lo, hi, "crown", splits=splits, prior=prior or None)
+        start = start_params(bm, state, spec.shape[1], [s.params for s in todo], self.ops)
+        record: dict[int, Tensor] = {}
+        lb, best = leaf_bound(bm, state, spec, splits, start, self.steps, self.threshold, record, self._done)
+        slack = lb - self.threshold
+        ok = self._done(slack)
+        if state.infeasible is not None:
+            ok = ok | state.infeasible
+        self.bounded += m
+        for j, sub in enumerate(todo):
+            owner = self.owners.get(sub.owner)
+            if owner is None:  # given back by a batch-mate sub-problem of the same owner
+                continue
+            owner.queued -= 1
+            owner.bounded += 1
+            if bool(ok[j]):
+                if owner.queued == 0:
+                    del self.owners[sub.owner]
+                    self.refuted += 1
+                continue
+            choice = None
+            if owner.bounded + owner.queued + 2 <= self.max_sub:
+                choice = branch_choice(bm, state, self.ops, j, record, slack < 0, _no_fallback)
+            if choice is None:  # too many sub-problems, or nothing left to split: input splitting's turn
+                del self.owners[sub.owner]
+                self.returned.append(owner)
+                self.given_back += 1
+                continue
+            i, idx = choice
+            params = best.pick(j)
+            for side in bab.SIDES:
+                child = {o: t.clone() for o, t in sub.splits.items()}
+                child[i].view(-1)[idx] = side
+                self.queue.append(_Sub(sub.owner, child, params))
+                owner.queued += 1
+        return m
+
+    def _done(self, slack: Tensor) -> Tensor:
+        """(m,) every case has an atom whose bound clears the threshold."""
+        return (slack[:, self.cases.index].max(-1).values >= 0).all(1)
+
+
+def _no_fallback(i: int, l: Tensor, u: Tensor) -> Tensor:
+    area = -l * u / (u - l).clamp(min=1e-30)
+    return area
+
+
+__all__ = ["MAX_SUB", "MAX_UNSTABLE", "LeafReluSplit", "unstable_counts"]

@@ -1,0 +1,91 @@
+"""ReLU splitting inside input-split leaves: never proves what MILP refutes, a dropped ReLU branch
+is caught, and a sub-problem's outcome does not depend on its batch-mates."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import nonuniform.proof.bab as bab
+from nonuniform.proof.input_split import InputSplit
+from nonuniform.proof.leaf_relu import LeafReluSplit
+from tests.proof.test_input_split import robustness_cases, toys  # noqa: F401 (a fixture)
+
+
+def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5)) -> tuple[int, int, int, int]:  # noqa: F811
+    """(proofs at or beyond MILP's refuted radius, proofs, false counterexamples, leaves that
+    ReLU splitting refuted)."""
+    bad = proved = false_points = relu_refuted = 0
+    for model, bm, x, label, lo_r, hi_r in toys:
+        cases = robustness_cases(label, 3)
+        for scale in scales:
+            r = (lo_r if scale < 1 else hi_r) * scale
+            relu = LeafReluSplit(bm, cases, (5,), batch=32)
+            search = InputSplit(bm, x - r, x + r, cases, batch=64, relu=relu)
+            point = search.run(time.perf_counter() + 3.0)
+            if point is not None:
+                inside = bool(((point >= x - r) & (point <= x + r)).all())
+                false_points += not (inside and bool((cases.violation(model(point)) <= 0).any()))
+            relu_refuted += relu.refuted
+            if search.proved:
+                proved += 1
+                bad += r >= hi_r  # MILP found a counterexample at hi_r <= r
+    return bad, proved, false_points, relu_refuted
+
+
+def test_relu_splitting_in_leaves_agrees_with_milp(toys):  # noqa: F811
+    bad, proved, false_points, relu_refuted = outcomes(toys)
+    assert bad == 0 and false_points == 0
+    assert proved >= 4, proved  # of 6 below MILP's radius
+    assert relu_refuted > 0  # the path under test did prove leaves
+
+
+def test_a_dropped_relu_branch_is_caught(toys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(bab, "SIDES", (1,))  # every split keeps only z >= 0: unsound on purpose
+    bad, _, _, _ = outcomes(toys, scales=(1.03, 1.5))
+    assert bad > 0
+
+
+def test_sub_problems_do_not_depend_on_batch_mates(toys):  # noqa: F811
+    """One step over eight owners together and over each alone: same refutations, same splits."""
+    model, bm, x, label, lo_r, _ = toys[0]
+    cases = robustness_cases(label, 3)
+    g = torch.Generator().manual_seed(0)
+    lo = x - lo_r * torch.rand(8, 5, dtype=torch.float64, generator=g) * 3
+    hi = lo + lo_r * torch.rand(8, 5, dtype=torch.float64, generator=g) * 3
+    state = bm.propagate(lo, hi, "crown")
+
+    def outcome(ks: list[int]) -> list[tuple]:
+        relu = LeafReluSplit(bm, cases, (5,), batch=64)
+        relu.add(lo[ks], hi[ks], torch.zeros(len(ks), dtype=torch.long),
+                 {i: (l[ks], u[ks]) for i, (l, u) in state.pre.items()})  # fmt: skip
+        relu.step()
+        out = []
+        for k in range(len(ks)):
+            owner = relu.owners.get(k)
+            splits = [s for s in relu.queue if s.owner == k]
+            out.append(
+                (owner is None, [{i: t.nonzero().tolist() for i, t in s.splits.items()} for s in splits])
+            )
+        return out
+
+    together = outcome(list(range(8)))
+    alone = [outcome([k])[0] for k in range(8)]
+    assert together == alone
+    assert any(done for done, _ in together) and any(not done for done, _ in together)
+
+
+def test_the_verifier_with_relu_splitting_in_leaves(vnncomp_dir):
+    """ACAS Xu 1_1 prop 2 (unsat by every tool that decided it) with ``leaf_relu`` on: still
+    unsat, and ReLU splitting took leaves."""
+    from nonuniform import load_model
+    from nonuniform.verify.decide import VerifierConfig, decide
+    from nonuniform.verify.vnnlib import parse_vnnlib
+
+    folder = vnncomp_dir / "acasxu"
+    model, card = load_model(str(folder / "ACASXU_run2a_1_1_batch_2000.onnx"))
+    res = decide(model, parse_vnnlib(folder / "prop_2.vnnlib"), card.input_shape, 60,
+                 VerifierConfig(leaf_relu=True))  # fmt: skip
+    assert res.status == "unsat", res
+    assert res.details.get("relu_handed", 0) > 0, res.details
