@@ -42,10 +42,16 @@ from .leaves import LeafParams, branch_choice, leaf_bound, start_params
 #: Open input leaves with at most this many unstable ReLUs (CROWN, summed over layers) go to ReLU
 #: splitting. On 4_2 prop 2's frontiers every leaf with <= 75 was refuted, none with >= 99.
 MAX_UNSTABLE = 64
-#: Sub-problems one owner may take before it is given back to input splitting.
-MAX_SUB = 96
-#: Adam steps of alpha and beta per sub-problem (warm-started from its parent's).
-STEPS = 10
+#: ... and only from this many halvings on: handed over earlier (12-16), the leaves needed many
+#: sub-problems each and ReLU splitting took its whole share while sb drilled elsewhere
+#: (docs/NOTES.md, "ReLU splitting inside input leaves").
+MIN_DEPTH = 30
+#: Sub-problems one owner may take before it is given back to input splitting (16 against 96:
+#: the owners that need more are cheaper to halve).
+MAX_SUB = 16
+#: Adam steps of alpha and beta per sub-problem (warm-started from its parent's; 4 against 10
+#: doubled the sub-problems per second for a few more of them).
+STEPS = 4
 
 
 @dataclass
@@ -81,10 +87,12 @@ class LeafReluSplit:
     ``shape``: the model's input shape; boxes are handed over flat ``(k, n)`` in float64.
     """
 
-    def __init__(self, bm: BoundedModel, cases: OutputCases, shape: tuple[int, ...], batch: int = 64,
-                 steps: int = STEPS, max_sub: int = MAX_SUB) -> None:  # fmt: skip
+    def __init__(self, bm: BoundedModel, cases: OutputCases, shape: tuple[int, ...], batch: int = 256,
+                 steps: int = STEPS, max_sub: int = MAX_SUB,
+                 min_depth: int | None = None) -> None:  # fmt: skip
         self.bm, self.cases, self.shape = bm, cases, shape
         self.batch, self.steps, self.max_sub = batch, steps, max_sub
+        self.min_depth = MIN_DEPTH if min_depth is None else min_depth
         self.ops = bab.split_ops(bm)
         self.spec = (-cases.rows)[None].to(torch.float64)
         self.threshold = (-cases.offsets).to(torch.float64) + bab.MARGIN
@@ -101,7 +109,7 @@ class LeafReluSplit:
     def eligible(self, state, idx: Tensor, depth: Tensor, gap: Tensor) -> Tensor:
         """(k,) which of the open leaves ``idx`` of ``state`` (an input-splitting batch, with their
         depths and worst case gaps) to take."""
-        return unstable_counts(state, self.ops)[idx] <= MAX_UNSTABLE
+        return (unstable_counts(state, self.ops)[idx] <= MAX_UNSTABLE) & (depth >= self.min_depth)
 
     def add(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]]) -> None:
         """Take over the leaves ``lo``/``hi`` (k, n) with their depths and op bounds."""

@@ -256,7 +256,7 @@ def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
         shape = tuple(region.lo.shape[1:])
 
         def relu():  # each search its own: the sub-problems belong to its leaves
-            return LeafReluSplit(bm, cases, shape, cfg.relu_batch) if cfg.leaf_relu else None
+            return LeafReluSplit(bm, cases, shape) if cfg.leaf_relu else None
 
         searches = [InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch if r != "fsb" else
                                cfg.split_batch // (2 * n_in), branching=r, lp=lp, relu=relu())

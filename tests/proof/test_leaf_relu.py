@@ -21,7 +21,7 @@ def outcomes(toys, scales=(0.7, 0.97, 1.03, 1.5)) -> tuple[int, int, int, int]: 
         cases = robustness_cases(label, 3)
         for scale in scales:
             r = (lo_r if scale < 1 else hi_r) * scale
-            relu = LeafReluSplit(bm, cases, (5,), batch=32)
+            relu = LeafReluSplit(bm, cases, (5,), batch=32, max_sub=64, min_depth=0)
             search = InputSplit(bm, x - r, x + r, cases, batch=64, relu=relu)
             point = search.run(time.perf_counter() + 3.0)
             if point is not None:
@@ -57,7 +57,7 @@ def test_sub_problems_do_not_depend_on_batch_mates(toys):  # noqa: F811
     state = bm.propagate(lo, hi, "crown")
 
     def outcome(ks: list[int]) -> list[tuple]:
-        relu = LeafReluSplit(bm, cases, (5,), batch=64)
+        relu = LeafReluSplit(bm, cases, (5,), batch=64, min_depth=0)
         relu.add(lo[ks], hi[ks], torch.zeros(len(ks), dtype=torch.long),
                  {i: (l[ks], u[ks]) for i, (l, u) in state.pre.items()})  # fmt: skip
         relu.step()
@@ -76,10 +76,13 @@ def test_sub_problems_do_not_depend_on_batch_mates(toys):  # noqa: F811
     assert any(done for done, _ in together) and any(not done for done, _ in together)
 
 
-def test_the_verifier_with_relu_splitting_in_leaves(vnncomp_dir):
+def test_the_verifier_with_relu_splitting_in_leaves(vnncomp_dir, monkeypatch):
     """ACAS Xu 1_1 prop 2 (unsat by every tool that decided it) with ``leaf_relu`` on: still
-    unsat, and ReLU splitting took leaves."""
+    unsat, and ReLU splitting took leaves (from depth 8 here: the default 30 is not reached)."""
+    import nonuniform.proof.leaf_relu as leaf_relu
     from nonuniform import load_model
+
+    monkeypatch.setattr(leaf_relu, "MIN_DEPTH", 8)
     from nonuniform.verify.decide import VerifierConfig, decide
     from nonuniform.verify.vnnlib import parse_vnnlib
 
