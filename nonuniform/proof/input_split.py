@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
+from .combine import combined_gap
 from .lp_leaf import ReluChainLP, pre_lists
 
 #: An atom is refuted on a leaf only when its bound clears the threshold by this much.
@@ -52,6 +53,11 @@ LP_SHARE = 0.5
 RELU_SHARE = 0.5
 #: A leaf that ReLU splitting gave back is not handed over again for this many halvings.
 RELU_HOLD = 2
+#: With ReLU splitting on, sb never halves a dimension narrower than this share of the leaf's
+#: widest (relative to the root box). Without it sb drilled one input of ACAS Xu 4_2 prop 2's
+#: leaves to 2^-100 while ~112 ReLUs stayed unstable, and the frontier grew from 1,000 to 11,700
+#: leaves; with it and ReLU splitting the instance is proved (docs/NOTES.md).
+RELU_DRILL_CAP = 1 / 64
 
 
 class LeafHandoff(Protocol):
@@ -305,7 +311,11 @@ class InputSplit:
             return rel.argmax(1)
         score = coef.abs() * width
         score = score / score.max(1, keepdim=True).values.clamp(min=1e-30)
-        return (score + WIDTH_WEIGHT * rel / rel.max(1, keepdim=True).values.clamp(min=1e-30)).argmax(1)
+        widest = rel.max(1, keepdim=True).values.clamp(min=1e-30)
+        score = score + WIDTH_WEIGHT * rel / widest
+        if self.relu is not None:  # no drilling: ReLU splitting takes the near-ties instead
+            score = score.masked_fill(rel < RELU_DRILL_CAP * widest, -1.0)
+        return score.argmax(1)
 
     def _split(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]],
                dim: Tensor, hold: Tensor | None = None) -> None:  # fmt: skip
@@ -368,32 +378,6 @@ class Portfolio:
             if found is not None or search.proved:
                 return found
         return None
-
-
-def combined_gap(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, index: Tensor, steps: int = 12) -> Tensor:
-    """(m, cases) lower bounds of ``max`` over each case's atoms of the refutation gap, from the
-    atoms' linear bounds ``gap_w(x) >= a_w . x + b_w`` (a: (m, atoms, n), b: (m, atoms)).
-
-    A case (an AND) is refuted where *some* atom is false at every point, but the atom may change
-    from point to point: near the border of two output classes no single atom is false on the
-    whole leaf. For weights ``lam`` on the simplex, ``max_w gap_w >= sum_w lam_w gap_w``, whose
-    minimum over the box is the concretisation of the combined linear bound; every ``lam`` gives
-    a sound bound, the best (the LP value ``min_x max_w``) is sought by a few ascent steps on
-    ``softmax(theta)`` and the best value seen is kept."""
-    aw, bw = a[:, index], b[:, index]  # (m, G, W, n), (m, G, W)
-    theta = torch.zeros(bw.shape, dtype=a.dtype, device=a.device, requires_grad=True)
-    lo_, hi_ = lo[:, None, :], hi[:, None, :]
-    best = torch.full(bw.shape[:2], -torch.inf, dtype=a.dtype, device=a.device)
-    for _ in range(steps):
-        with torch.enable_grad():
-            lam = torch.softmax(theta, -1)
-            alpha = (lam[..., None] * aw).sum(2)  # (m, G, n)
-            h = (lam * bw).sum(-1) + torch.minimum(alpha * lo_, alpha * hi_).sum(-1)
-            (g,) = torch.autograd.grad(h.sum(), theta)
-        best = torch.maximum(best, h.detach())
-        with torch.no_grad():
-            theta = (theta + 4.0 * g / g.abs().amax(-1, keepdim=True).clamp(min=1e-12)).requires_grad_(True)
-    return best
 
 
 __all__ = ["BRANCHINGS", "MARGIN", "InputSplit", "Portfolio", "SplitStats", "combined_gap"]

@@ -8,7 +8,11 @@ five dimensions multiplies the leaves faster than it closes the gaps (39,000 ope
 (ReLU branch-and-bound with alpha and beta, as :class:`~nonuniform.proof.bab.ReluSplit`) refutes
 them in a handful of sub-problems: measured on 4_2 prop 2 (2026-12-03), 17 of 20 random open
 leaves of the 5-s frontier in 1-51 sub-problems each, 20 of 20 of the 40-s frontier in 1-11;
-the leaves left had 99 or more unstable neurons.
+the leaves left had 99 or more unstable neurons. With sb kept from drilling thin inputs
+(:data:`~nonuniform.proof.input_split.RELU_DRILL_CAP`) one sb search with this hand-off proves
+4_2 prop 2 in 148 s and 3_3 prop 2 in 77 s (2 threads, 2026-12-03): the first proofs of either
+here. It is opt-in (``VerifierConfig(leaf_relu=True)``): the 184 ACAS Xu instances decided at
+30 s stay decided but take 342 s in all instead of 291.
 
 :class:`LeafReluSplit` takes open input leaves (*owners*) with at most :data:`MAX_UNSTABLE` unstable
 neurons and bounds the ReLU sub-problems of many owners in one batch, each on its own box. A
@@ -46,6 +50,10 @@ MAX_UNSTABLE = 64
 #: sub-problems each and ReLU splitting took its whole share while sb drilled elsewhere
 #: (docs/NOTES.md, "ReLU splitting inside input leaves").
 MIN_DEPTH = 30
+#: Leaves with at most this many unstable ReLUs are cheap to split whatever their depth: from
+#: :data:`FEW_DEPTH` halvings on they go too (4_2 prop 2's frontier shrank twice as fast).
+FEW_UNSTABLE = 24
+FEW_DEPTH = 8
 #: Sub-problems one owner may take before it is given back to input splitting (16 against 96:
 #: the owners that need more are cheaper to halve).
 MAX_SUB = 16
@@ -109,7 +117,9 @@ class LeafReluSplit:
     def eligible(self, state, idx: Tensor, depth: Tensor, gap: Tensor) -> Tensor:
         """(k,) which of the open leaves ``idx`` of ``state`` (an input-splitting batch, with their
         depths and worst case gaps) to take."""
-        return (unstable_counts(state, self.ops)[idx] <= MAX_UNSTABLE) & (depth >= self.min_depth)
+        count = unstable_counts(state, self.ops)[idx]
+        few = (count <= FEW_UNSTABLE) & (depth >= min(FEW_DEPTH, self.min_depth))
+        return few | ((count <= MAX_UNSTABLE) & (depth >= self.min_depth))
 
     def add(self, lo: Tensor, hi: Tensor, depth: Tensor, pre: dict[int, tuple[Tensor, Tensor]]) -> None:
         """Take over the leaves ``lo``/``hi`` (k, n) with their depths and op bounds."""

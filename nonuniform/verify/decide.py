@@ -52,9 +52,7 @@ class VerifierConfig:
     split_batch: int = 1024  # input-split leaves bounded together
     relu_batch: int = 64  # ReLU-split leaves bounded together
     lp_leaves: bool = False  # input splitting: certified LP on open leaves (ReLU chains; off: see NOTES)
-    leaf_relu: bool = (
-        False  # input splitting: ReLU splitting inside leaves with few unstable ReLUs (off: NOTES)
-    )
+    leaf_relu: bool = False  # sb input splitting: ReLU splitting inside deep leaves (opt-in: NOTES)
     alpha: bool = True  # alpha-CROWN on what CROWN leaves open (when it fits the budget)
     attack_share: float = 0.25  # of every round, for the attacks
     first_round: float = 1.0  # seconds; rounds double
@@ -255,11 +253,11 @@ def _search(bm: BoundedModel, region: _Region, cfg: VerifierConfig, n_in: int):
         lp = _relu_chain_lp(bm) if cfg.lp_leaves else None
         shape = tuple(region.lo.shape[1:])
 
-        def relu():  # each search its own: the sub-problems belong to its leaves
-            return LeafReluSplit(bm, cases, shape) if cfg.leaf_relu else None
+        def relu(rule: str):  # sb's only (its drill cap and hand-off were tuned together, NOTES)
+            return LeafReluSplit(bm, cases, shape) if cfg.leaf_relu and rule == "sb" else None
 
         searches = [InputSplit(bm, region.lo, region.hi, cases, batch=cfg.split_batch if r != "fsb" else
-                               cfg.split_batch // (2 * n_in), branching=r, lp=lp, relu=relu())
+                               cfg.split_batch // (2 * n_in), branching=r, lp=lp, relu=relu(r))
                     for r in rules]  # fmt: skip
         return searches[0] if len(searches) == 1 else Portfolio(searches)
     if not hasattr(bm.net, "ops") or not split_ops(bm):

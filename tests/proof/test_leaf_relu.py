@@ -92,3 +92,21 @@ def test_the_verifier_with_relu_splitting_in_leaves(vnncomp_dir, monkeypatch):
                  VerifierConfig(leaf_relu=True))  # fmt: skip
     assert res.status == "unsat", res
     assert res.details.get("relu_handed", 0) > 0, res.details
+
+
+def test_with_relu_splitting_sb_does_not_drill_thin_inputs(toys):  # noqa: F811
+    """sb alone may halve an input whose bound coefficient dominates however thin it is (ACAS Xu
+    4_2's leaves were drilled to 2^-100 in one input); with ReLU splitting on, inputs narrower
+    than RELU_DRILL_CAP of the widest are left alone."""
+    import nonuniform.proof.input_split as input_split
+
+    model, bm, x, label, lo_r, _ = toys[0]
+    cases = robustness_cases(label, 3)
+    lo, hi = x - lo_r, x + lo_r
+    leaf_lo, leaf_hi = lo.clone(), hi.clone()
+    leaf_hi[0, 2] = leaf_lo[0, 2] + 2 * lo_r * input_split.RELU_DRILL_CAP / 2  # input 2: below the cap
+    coef = torch.tensor([[0.1, 0.1, 1e6, 0.1, 0.1]], dtype=torch.float64)  # ... but it dominates the bound
+    plain = InputSplit(bm, lo, hi, cases)
+    hybrid = InputSplit(bm, lo, hi, cases, relu=LeafReluSplit(bm, cases, (5,)))
+    assert int(plain._choose(coef, leaf_lo, leaf_hi)[0]) == 2
+    assert int(hybrid._choose(coef, leaf_lo, leaf_hi)[0]) != 2

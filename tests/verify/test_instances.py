@@ -78,14 +78,15 @@ def test_bad_rows_are_named(bench, text, message):
     assert "bad.csv" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_cli_runs_a_benchmark_folder(bench):
+@pytest.mark.parametrize("extra", [[], ["--leaf-relu"]])
+def test_cli_runs_a_benchmark_folder(bench, extra):
     from nonuniform_cli.main import app
     from typer.testing import CliRunner
 
     folder, _ = bench
     out = folder / "results.csv"
     r = CliRunner().invoke(
-        app, ["vnnlib", "--instances", str(folder / "instances.csv"), "--out", str(out), "--json"]
+        app, ["vnnlib", "--instances", str(folder / "instances.csv"), "--out", str(out), "--json", *extra]
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"unsat": 1, "sat": 1}
