@@ -23,6 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..ir.graph_model import GraphBuilder
 from ..ir.graph_ops import AddOp, ScaleShiftOp
 from ..ir.network import Activation, Network, UnsupportedModelError
+from ..ir.simplify import fold_linear_scale_shift
 from ..modules import Normalize
 from .activations import call_relaxation
 from .fx_calls import LAYOUT_CALLS, add_graph, constant, convert_call, pool, product, shape
@@ -48,7 +49,9 @@ class _Tracer(fx.Tracer):
 def trace_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device) -> Network:
     """The engine's graph for ``model`` at ``input_shape`` (raises UnsupportedModelError)."""
     ops, transform = trace(model, input_shape)
-    return Network.from_ops(ops, input_shape, dtype, device, transform)
+    net = Network.from_ops(ops, input_shape, dtype, device, transform)
+    net.ops = fold_linear_scale_shift(net.ops)
+    return net
 
 
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list:

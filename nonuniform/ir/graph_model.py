@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .network import Network, Op, UnsupportedModelError, apply_output_transform
+from .simplify import fold_linear_scale_shift
 
 
 class GraphModel(nn.Module):
@@ -37,9 +38,9 @@ class GraphModel(nn.Module):
     def network(self, input_shape: tuple[int, ...], dtype, device) -> Network:
         key = (tuple(input_shape), dtype, str(device))
         if key not in self._cache:
-            self._cache[key] = Network.from_ops(
-                self.ops, tuple(input_shape), dtype, device, self.output_transform
-            )
+            net = Network.from_ops(self.ops, tuple(input_shape), dtype, device, self.output_transform)
+            net.ops = fold_linear_scale_shift(net.ops)
+            self._cache[key] = net
         return self._cache[key]
 
     @property

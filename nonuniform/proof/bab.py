@@ -17,7 +17,7 @@ left cannot be split further: when it still fails, the box is reported as not pr
 Run it with a float64 :class:`BoundedModel` and the final check's threshold: every leaf's proof
 is then the fresh float64 proof the rest of the package requires (:func:`bab_prove` refuses other
 dtypes). Branching: BaBSR's intercept score from the leaf's final pass
-(:func:`~nonuniform.proof.leaves.branch_choice`).
+(:func:`~nonuniform.proof.leaves.branch_choices`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ..engine.specs import OutputCases
 from ..ir.ops import Activation
 from ..relax.activations import PiecewiseLinear
 from .input_split import MARGIN, InputSplit, Portfolio
-from .leaves import ALPHA_LR, CARRY_BYTES, LeafParams, branch_choice, leaf_bound, start_params
+from .leaves import ALPHA_LR, CARRY_BYTES, LeafParams, branch_choices, leaf_bound, start_params
 
 #: Boxes with at most this many input values are proved by splitting the input box (as the
 #: complete verifier does, ``VerifierConfig.input_split_max``); larger ones by ReLU splitting.
@@ -251,10 +251,11 @@ class ReluSplit:
         if bounded.any():
             self.worst_proved = min(self.worst_proved, float(worst[bounded].min()))
         carry = None
-        for j in (~ok).nonzero().squeeze(1).tolist():
+        rows = (~ok).nonzero().squeeze(1).tolist()
+        scores = record if self.branching == "babsr" else {}
+        choices = branch_choices(self.bm, state, self.ops, rows, scores, slack < 0, self._fallback)
+        for j, choice in zip(rows, choices):
             self.worst_open = min(self.worst_open, float(worst[j]))
-            scores = record if self.branching == "babsr" else {}
-            choice = branch_choice(self.bm, state, self.ops, j, scores, slack < 0, self._fallback)
             if choice is None:  # nothing left to split: push the multipliers to the LP's optimum
                 last = self._last_try(todo[j], best.pick(j))
                 if last >= 0:
@@ -283,7 +284,7 @@ class ReluSplit:
         """Branching score without the pass's coefficients: relaxation area times the neuron's
         outgoing weight (where the next op exposes it)."""
         area = -l * u / (u - l).clamp(min=1e-30)
-        return area * _out_weight(self.bm, i, l.numel())
+        return area * _out_weight(self.bm, i, l.shape[-1])
 
 
 def _out_weight(bm: BoundedModel, i: int, size: int) -> Tensor:

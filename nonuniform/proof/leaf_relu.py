@@ -41,7 +41,7 @@ from torch import Tensor
 from ..engine.bounds import BoundedModel
 from ..engine.specs import OutputCases
 from . import bab  # SIDES read at call time: the soundness test patches it
-from .leaves import LeafParams, branch_choice, leaf_bound, start_params
+from .leaves import LeafParams, branch_choices, leaf_bound, start_params
 
 #: Open input leaves with at most this many unstable ReLUs (CROWN, summed over layers) go to ReLU
 #: splitting. On 4_2 prop 2's frontiers every leaf with <= 75 was refuted, none with >= 99.
@@ -161,20 +161,21 @@ class LeafReluSplit:
         if state.infeasible is not None:
             ok = ok | state.infeasible
         self.bounded += m
+        want = (~ok).nonzero().squeeze(1).tolist()
+        choices = dict(zip(want, branch_choices(bm, state, self.ops, want, record, slack < 0, _no_fallback)))
+        okay = ok.tolist()
         for j, sub in enumerate(todo):
             owner = self.owners.get(sub.owner)
             if owner is None:  # given back by a batch-mate sub-problem of the same owner
                 continue
             owner.queued -= 1
             owner.bounded += 1
-            if bool(ok[j]):
+            if okay[j]:
                 if owner.queued == 0:
                     del self.owners[sub.owner]
                     self.refuted += 1
                 continue
-            choice = None
-            if owner.bounded + owner.queued + 2 <= self.max_sub:
-                choice = branch_choice(bm, state, self.ops, j, record, slack < 0, _no_fallback)
+            choice = choices[j] if owner.bounded + owner.queued + 2 <= self.max_sub else None
             if choice is None:  # too many sub-problems, or nothing left to split: input splitting's turn
                 del self.owners[sub.owner]
                 self.returned.append(owner)

@@ -80,9 +80,10 @@ def start_params(bm, state, specs: int, carried: list[LeafParams | None], split_
 
 
 def _fill(out: Tensor, rows: list[Tensor | None]) -> Tensor:
-    for k, r in enumerate(rows):
-        if r is not None:
-            out[k] = r[0].to(out.dtype)
+    """``out[k] = rows[k][0]`` where given, in one copy (a per-leaf loop cost 13% of a step)."""
+    have = [k for k, r in enumerate(rows) if r is not None]
+    if have:
+        out[torch.tensor(have, device=out.device)] = torch.cat([rows[k] for k in have]).to(out.dtype)
     return out
 
 
@@ -183,27 +184,54 @@ def _adam_ascent(t: Tensor, g: Tensor, m1: Tensor, m2: Tensor, step: int, lr: fl
 def branch_choice(bm, state, ops: list[int], j: int, record: dict[int, Tensor], failing: Tensor,
                   fallback) -> tuple[int, int] | None:  # fmt: skip
     """The unstable neuron of leaf ``j`` to split next (op index, flat neuron index), or None when
-    none is left. ``record``: the final pass's coefficients at each ReLU op ``(m, s, *shape)``;
-    ``failing`` ``(m, s)``: rows still below the threshold; ``fallback(i, l, u)``: the score of
-    an op without recorded coefficients."""
-    best, choice = 0.0, None
+    none is left (:func:`branch_choices` for one leaf)."""
+    return branch_choices(bm, state, ops, [j], record, failing, fallback)[0]
+
+
+def branch_choices(bm, state, ops: list[int], rows: list[int], record: dict[int, Tensor], failing: Tensor,
+                   fallback) -> list[tuple[int, int] | None]:  # fmt: skip
+    """The unstable neuron each leaf of ``rows`` should split next (op index, flat neuron index),
+    None for a leaf with none left; scored for all of them at once (a per-leaf loop was 15% of
+    a ReLU-splitting step on ACAS Xu). ``record``: the final pass's coefficients at each ReLU op
+    ``(m, s, *shape)``; ``failing`` ``(m, s)``: rows still below the threshold;
+    ``fallback(i, l, u)``: the scores ``(k, n_i)`` of an op without recorded coefficients."""
+    if not rows:
+        return []
+    sel = torch.tensor(rows, device=failing.device)
+    best_val = best_idx = best_op = None
     for i in ops:
-        l, u = (t[j].flatten() for t in state.pre[i])
+        l, u = (t[sel].flatten(1) for t in state.pre[i])
         unstable = (l < 0) & (u > 0)
-        if not unstable.any():
-            continue
         if i in record:
-            lam = (record[i][j] * failing[j].reshape(-1, *[1] * (record[i].dim() - 2))).flatten(1)
-            width = (u - l).clamp(min=1e-30)
-            intercept = -u * l / width  # the chord's intercept (ReLU; LeakyReLU scales it by 1 - a)
-            score = (-lam.clamp(max=0)).sum(0) * intercept
+            lam = record[i][sel]
+            lam = (lam * failing[sel].reshape(*failing[sel].shape, *[1] * (lam.dim() - 2))).flatten(2)
+            intercept = (
+                -u * l / (u - l).clamp(min=1e-30)
+            )  # the chord's intercept (ReLU; LeakyReLU scales it by 1 - a)
+            score = (-lam.clamp(max=0)).sum(1) * intercept
         else:
             score = fallback(i, l, u)
-        score = torch.where(unstable, score, torch.zeros_like(score))
-        k = int(score.argmax())
-        if choice is None or float(score[k]) > best:
-            best, choice = float(score[k]), (i, k)
-    return choice
+        score = torch.where(unstable, score, torch.full_like(score, -torch.inf))
+        val, idx = score.max(1)
+        op = torch.full_like(idx, i)
+        if best_val is None:
+            best_val, best_idx, best_op = val, idx, op
+        else:  # strictly better only: the earlier op wins ties
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx, best_op = torch.where(better, idx, best_idx), torch.where(better, op, best_op)
+    found = torch.isfinite(best_val).tolist()
+    pairs = zip(best_op.tolist(), best_idx.tolist())
+    return [(i, k) if ok else None for ok, (i, k) in zip(found, pairs)]
 
 
-__all__ = ["ALPHA_LR", "BETA_LR", "CARRY_BYTES", "LeafParams", "branch_choice", "leaf_bound", "start_params"]
+__all__ = [
+    "ALPHA_LR",
+    "BETA_LR",
+    "CARRY_BYTES",
+    "LeafParams",
+    "branch_choice",
+    "branch_choices",
+    "leaf_bound",
+    "start_params",
+]
