@@ -58,10 +58,10 @@ def vnnlib(
     leaf_relu: Annotated[
         bool,
         typer.Option(
-            help="ReLU splitting inside deep input-split leaves (sb's): slower on easy properties; with "
-            "--branching sb it decides ACAS Xu 3_3 and 4_2 prop 2 in 83-97 and 145-149 s."
+            help="ReLU splitting inside deep input-split leaves with few unstable ReLUs (sb's): what "
+            "decides ACAS Xu's near-ties (3_3 and 4_2 prop 2)."
         ),
-    ] = False,
+    ] = True,
     instances: Annotated[
         Path | None,
         typer.Option(help="Run a benchmark's instances.csv (onnx,vnnlib,timeout rows) instead of NET PROP."),

@@ -34,8 +34,9 @@ from ..engine.interval import intersect
 from ..engine.specs import OutputCases
 from ..ir.ops import Activation
 from ..relax.activations import PiecewiseLinear
-from .input_split import MARGIN, InputSplit, Portfolio
+from .input_split import MARGIN, InputSplit
 from .leaves import ALPHA_LR, CARRY_BYTES, LeafParams, branch_choices, leaf_bound, start_params
+from .portfolio import Portfolio
 
 #: Boxes with at most this many input values are proved by splitting the input box (as the
 #: complete verifier does, ``VerifierConfig.input_split_max``); larger ones by ReLU splitting.

@@ -152,7 +152,7 @@ def test_a_parents_bounds_tighten_its_halves_soundly(toys):
 
 
 def test_a_portfolio_is_proved_when_one_search_is(toys):
-    from nonuniform.proof.input_split import Portfolio
+    from nonuniform.proof.portfolio import Portfolio
 
     model, bm, x, label, lo_r, _ = toys[0]
     cases = robustness_cases(label, 3)

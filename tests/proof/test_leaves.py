@@ -10,7 +10,7 @@ from torch import nn
 
 from nonuniform.engine.bounds import BoundedModel, margin_spec
 from nonuniform.proof.bab import ReluSplit, split_ops
-from nonuniform.proof.leaves import LeafParams, branch_choice, leaf_bound, start_params
+from nonuniform.proof.leaves import LeafParams, branch_choice, branch_choices, leaf_bound, start_params
 from tests.nets import mlp
 
 
@@ -127,6 +127,40 @@ def test_warm_start_and_branching(problem):
     warm = start_params(bm, state, spec.shape[1], [best.pick(k) for k in range(m)], ops)
     again, _ = leaf_bound(bm, state, spec.expand(m, -1, -1), splits, warm, 0)
     torch.testing.assert_close(again, lb, rtol=0, atol=1e-5)  # float32 carry of the best iterate
+
+
+def test_batched_branching_picks_each_leafs_best_scored_unstable_neuron(problem):
+    """branch_choices scores all leaves at once: the same choice as scoring each leaf alone,
+    op by op (BaBSR's intercept score on the failing rows; the area fallback where unrecorded)."""
+    _model, bm, lo, hi, spec, ops, splits = problem
+    m = next(iter(splits.values())).shape[0]
+    state = leaf_state(bm, lo, hi, splits, m)
+    record: dict = {}
+    start = start_params(bm, state, spec.shape[1], [None] * m, ops)
+    lb, _ = leaf_bound(bm, state, spec.expand(m, -1, -1), splits, start, 3, record=record)
+    failing = lb < lb.median()
+    partial = {ops[0]: record[ops[0]]}  # the other ops fall back to the relaxation's area
+    area = lambda i, l, u: -l * u / (u - l).clamp(min=1e-30)  # noqa: E731
+
+    def reference(k):
+        best, choice = -1.0, None
+        for i in ops:
+            l, u = (t[k].flatten() for t in state.pre[i])
+            if i in partial:
+                lam = (partial[i][k] * failing[k].reshape(-1, *[1] * (partial[i].dim() - 2))).flatten(1)
+                score = (-lam.clamp(max=0)).sum(0) * (-u * l / (u - l).clamp(min=1e-30))
+            else:
+                score = area(i, l, u)
+            for n in ((l < 0) & (u > 0)).nonzero().flatten().tolist():
+                if float(score[n]) > best:
+                    best, choice = float(score[n]), (i, n)
+        return choice
+
+    rows = [k for k in range(m) if k % 3 != 1]
+    got = branch_choices(bm, state, ops, rows, partial, failing, area)
+    assert got == [reference(k) for k in rows]
+    assert got == [branch_choice(bm, state, ops, k, partial, failing, area) for k in rows]
+    assert any(c is not None for c in got)
 
 
 def test_root_alpha_bounds_hold_on_the_box(problem):

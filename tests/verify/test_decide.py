@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nonuniform.proof.milp import verify_box_milp
-from nonuniform.verify.decide import VerifierConfig, decide
+from nonuniform.verify.decide import VerifierConfig, _attack_share, decide
 from nonuniform.verify.vnnlib import parse_vnnlib
 from tests.nets import mlp
 
@@ -150,3 +150,10 @@ def test_acas_xu_sliver_found_by_spending_the_sampling_share(vnncomp_dir):
     assert ((x.flatten() >= lo) & (x.flatten() <= hi)).all()
     y = model(x)[0]
     assert y[3] <= y[:3].min() or y[4] <= y[:3].min()  # strong left or strong right is the minimum
+
+
+def test_the_attacks_share_of_a_round_decays_after_the_first_rounds():
+    cfg = VerifierConfig()
+    shares = [_attack_share(cfg, r) for r in range(1, 9)]
+    assert shares[: cfg.attack_rounds] == [cfg.attack_share] * cfg.attack_rounds
+    assert shares[cfg.attack_rounds :] == [0.125, 0.0625, 0.05, 0.05]
