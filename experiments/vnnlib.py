@@ -13,9 +13,7 @@ the largest overrun of a time-out. The scheduler does not look at the time-out t
 1, 2, 4, ... s), so an instance decided at t seconds in a run with a longer time-out is decided at
 any time-out above t: the 30-s column is read off the capped run.
 
-``--leaf-relu-hard S`` decides the ACAS Xu instances the last run left open with ReLU splitting
-inside input leaves (``--leaf-relu``) at their own time-outs and at S seconds (with
-``--benchmarks`` empty and ``--from-csv`` it runs only that). ``--branching`` compares input
+``--branching`` compares input
 splitting's dimension choice (``sb`` vs ``widest``) on the ACAS Xu
 instances the ``--compare N`` first rows name.
 """
@@ -28,7 +26,6 @@ import os
 import re
 import subprocess
 from collections import Counter, defaultdict
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -194,37 +191,6 @@ def compare_branching(count: int, cap: float) -> list[str]:
     return [*lines, ""]
 
 
-def leaf_relu_hard(cap_long: float) -> list[str]:
-    """The ACAS Xu instances the last capped run left open, decided with ReLU splitting inside
-    input leaves (``VerifierConfig(branching="sb", leaf_relu=True)``: what ``nonuniform vnnlib
-    --leaf-relu`` runs) at their own time-outs and at ``cap_long`` seconds."""
-    left = [r.instance for r in from_csv("acasxu") if r.status not in ("sat", "unsat")]
-    config = VerifierConfig(branching="sb", leaf_relu=True)
-    at_own = list(run_instances(left, OUT / "vnnlib" / "acasxu_leaf_relu.csv", load, "acasxu", None, config))
-    past = [replace(i, timeout=cap_long) for i in left]  # beyond the own time-outs
-    longer = list(
-        run_instances(past, OUT / "vnnlib" / "acasxu_leaf_relu_long.csv", load, "acasxu", None, config)
-    )
-    pub = published(BENCHMARKS["acasxu"].parent)
-    lines = [
-        "### acasxu: the open instances with ReLU splitting inside input leaves (opt-in `--leaf-relu`)",
-        "",
-        f'Run: {date.today().isoformat()}, `VerifierConfig(branching="sb", leaf_relu=True)`, '
-        f"{torch.get_num_threads()} torch threads, alone.",
-        "",
-        f"| instance | own time-out | at it | at {cap_long:g} s | published unsat (s) |",
-        "|---|---:|---|---|---|",
-    ]
-    for a, b in zip(at_own, longer):
-        claims = pub.get((a.instance.network.name, a.instance.prop.name), {})
-        unsat = ", ".join(f"{t} {sec:.0f}" for t, (ans, sec) in sorted(claims.items()) if ans == "unsat")
-        lines.append(
-            f"| {a.instance.name} | {a.instance.timeout:g} s | {a.status} ({a.seconds:.1f} s) | "
-            f"{b.status} ({b.seconds:.1f} s) | {unsat} |"
-        )
-    return [*lines, ""]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=float, default=30.0)
@@ -232,8 +198,6 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=0, help="ACAS Xu rows for the branching comparison")
     ap.add_argument("--from-csv", action="store_true", help="rebuild tables from the rows of earlier runs")
     ap.add_argument("--rerun-open", action="store_true", help="rerun what the cap left open at own time-outs")
-    ap.add_argument("--leaf-relu-hard", type=float, default=0.0,
-                    help="ACAS Xu open ones: --leaf-relu at own time-outs and this cap")  # fmt: skip
     args = ap.parse_args()
     missing = [n for n in args.benchmarks if not BENCHMARKS[n].exists()]
     if missing:
@@ -280,8 +244,6 @@ def main() -> None:
             )
             + "\n"
         )
-    if args.leaf_relu_hard:
-        (OUT / "vnnlib" / "leaf_relu.md").write_text("\n".join(leaf_relu_hard(args.leaf_relu_hard)) + "\n")
     if args.compare:
         (OUT / "vnnlib" / "branching.md").write_text(
             "\n".join(compare_branching(args.compare, args.cap)) + "\n"
@@ -298,7 +260,7 @@ def main() -> None:
         "`experiments/results/vnnlib/<benchmark>.csv` (competition layout; counterexamples beside it).",
         "",
     ]
-    for name in [*BENCHMARKS, "leaf_relu", "branching"]:
+    for name in [*BENCHMARKS, "branching"]:
         part = OUT / "vnnlib" / f"{name}.md"
         if part.exists():
             lines += [part.read_text()]
