@@ -110,15 +110,22 @@ def test_leaf_bounds_do_not_depend_on_batch_mates(problem):
         torch.testing.assert_close(alone[0], together[k], rtol=0, atol=1e-9)
 
 
-def test_warm_start_and_branching(problem):
-    """A child started from its parent's parameters is at least as tight after the same steps
-    here, and the branching choice is an unstable neuron of the leaf."""
+def _bounded(problem, steps: int):
+    """The problem's leaves bounded from CROWN's slopes, with the final pass's coefficients."""
     _model, bm, lo, hi, spec, ops, splits = problem
     m = next(iter(splits.values())).shape[0]
     state = leaf_state(bm, lo, hi, splits, m)
     record: dict = {}
     start = start_params(bm, state, spec.shape[1], [None] * m, ops)
-    lb, best = leaf_bound(bm, state, spec.expand(m, -1, -1), splits, start, 20, record=record)
+    lb, best = leaf_bound(bm, state, spec.expand(m, -1, -1), splits, start, steps, record=record)
+    return bm, state, spec, ops, splits, lb, best, record
+
+
+def test_warm_start_and_branching(problem):
+    """A child started from its parent's parameters is at least as tight after the same steps
+    here, and the branching choice is an unstable neuron of the leaf."""
+    bm, state, spec, ops, splits, lb, best, record = _bounded(problem, 20)
+    m = lb.shape[0]
     assert set(record) == set(ops)
     for k in range(m):
         i, idx = branch_choice(bm, state, ops, k, record, lb < 1e9, lambda i, l, u: torch.ones_like(l))
@@ -132,12 +139,8 @@ def test_warm_start_and_branching(problem):
 def test_batched_branching_picks_each_leafs_best_scored_unstable_neuron(problem):
     """branch_choices scores all leaves at once: the same choice as scoring each leaf alone,
     op by op (BaBSR's intercept score on the failing rows; the area fallback where unrecorded)."""
-    _model, bm, lo, hi, spec, ops, splits = problem
-    m = next(iter(splits.values())).shape[0]
-    state = leaf_state(bm, lo, hi, splits, m)
-    record: dict = {}
-    start = start_params(bm, state, spec.shape[1], [None] * m, ops)
-    lb, _ = leaf_bound(bm, state, spec.expand(m, -1, -1), splits, start, 3, record=record)
+    bm, state, _spec, ops, _splits, lb, _, record = _bounded(problem, 3)
+    m = lb.shape[0]
     failing = lb < lb.median()
     partial = {ops[0]: record[ops[0]]}  # the other ops fall back to the relaxation's area
     area = lambda i, l, u: -l * u / (u - l).clamp(min=1e-30)  # noqa: E731

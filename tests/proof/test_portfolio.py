@@ -29,7 +29,7 @@ class _Fake:
 
 @pytest.fixture
 def quick_turns(monkeypatch):
-    monkeypatch.setattr(portfolio, "MIN_TURN", 0.02)
+    monkeypatch.setattr(portfolio, "MIN_TURN", 0.01)
 
 
 def test_a_stalled_search_gets_short_turns_until_it_moves(quick_turns):
@@ -41,7 +41,7 @@ def test_a_stalled_search_gets_short_turns_until_it_moves(quick_turns):
     share = stalled.turns[-1] / (moving.turns[-1] + stalled.turns[-1])
     assert share == pytest.approx(STALLED_WEIGHT / (1 + STALLED_WEIGHT), abs=0.05)
     stalled.shrink = 0.9  # it moves again: full turns
-    both.run(time.perf_counter() + 1.0)
+    both.run(time.perf_counter() + 2.0)
     assert both.weights == [1.0, 1.0]
 
 
