@@ -49,7 +49,8 @@ WIDTH_WEIGHT = 0.75
 FSB_WIDTH = 0.05
 #: Most of a search's time the LP leaves may take (see :mod:`~nonuniform.proof.lp_leaf`).
 LP_SHARE = 0.5
-#: Most of a search's time ReLU splitting inside its leaves may take (``relu``).
+#: Most of a search's time ReLU splitting inside its leaves may take (``relu``); a quarter of it
+#: while it has less than a batch queued (fuller batches: see ``LeafReluSplit.full``).
 RELU_SHARE = 0.5
 #: A leaf that ReLU splitting gave back is not handed over again for this many halvings.
 RELU_HOLD = 2
@@ -65,6 +66,7 @@ class LeafHandoff(Protocol):
     (:class:`~nonuniform.proof.leaf_relu.LeafReluSplit`)."""
 
     empty: bool
+    full: bool  # it has a whole batch of work queued (it waits for one while input splitting has leaves)
     open_volume: float  # the share of the root box its leaves still cover
 
     def eligible(self, state, idx: Tensor, depth: Tensor, gap: Tensor) -> Tensor: ...
@@ -157,7 +159,11 @@ class InputSplit:
             if (
                 self.relu is not None
                 and not self.relu.empty
-                and (not self.lo.shape[0] or self.relu_seconds < RELU_SHARE * (self.seconds + 1e-3))
+                and (
+                    not self.lo.shape[0]
+                    or self.relu_seconds
+                    < RELU_SHARE * (self.seconds + 1e-3) * (1 if self.relu.full else 0.25)
+                )
             ):
                 self._relu_step()
                 self.relu_seconds += time.perf_counter() - start

@@ -124,6 +124,14 @@ class LeafReluSplit:
         return not self.owners
 
     @property
+    def full(self) -> bool:
+        """A whole batch is queued. Input splitting mostly waits for one while it has leaves of its
+        own: on 4_2 prop 2 the same 56,667 sub-problems then went in 89 batches (637 on average)
+        instead of 260 (218), and a sub-problem costs 0.69 ms in a batch of 1024 against 0.90 in
+        one of 256 (2026-12-03)."""
+        return len(self.queue) >= self.batch
+
+    @property
     def open_volume(self) -> float:
         """Share of the input search's root box the owners still cover (``2^-depth`` each)."""
         return sum(float(torch.exp2(-o.depth.double())) for o in self.owners.values())
