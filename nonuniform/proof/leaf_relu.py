@@ -11,8 +11,9 @@ leaves of the 5-s frontier in 1-51 sub-problems each, 20 of 20 of the 40-s front
 the leaves left had 99 or more unstable neurons. With sb kept from drilling thin inputs
 (:data:`~nonuniform.proof.input_split.RELU_DRILL_CAP`) one sb search with this hand-off proves
 4_2 prop 2 in 148 s and 3_3 prop 2 in 77 s (2 threads, 2026-12-03): the first proofs of either
-here. It is opt-in (``VerifierConfig(leaf_relu=True)``): the 184 ACAS Xu instances decided at
-30 s stay decided but take 342 s in all instead of 291.
+here. It is on by default (``VerifierConfig(leaf_relu=True)``): with the portfolio's turns by
+progress and fuller batches, all 186 ACAS Xu instances are decided at their own time-outs
+(docs/NOTES.md, "ACAS Xu by default").
 
 :class:`LeafReluSplit` takes open input leaves (*owners*) with at most :data:`MAX_UNSTABLE` unstable
 neurons and bounds the ReLU sub-problems of many owners in one batch, each on its own box. A
