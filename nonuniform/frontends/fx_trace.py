@@ -23,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..ir.graph_model import GraphBuilder
 from ..ir.graph_ops import AddOp, ScaleShiftOp
 from ..ir.network import Activation, Network, UnsupportedModelError
-from ..ir.simplify import fold_linear_scale_shift
+from ..ir.simplify import simplify
 from ..modules import Normalize
 from .activations import call_relaxation
 from .fx_calls import LAYOUT_CALLS, add_graph, constant, convert_call, pool, product, shape
@@ -50,7 +50,7 @@ def trace_network(model: nn.Module, input_shape: tuple[int, ...], dtype, device)
     """The engine's graph for ``model`` at ``input_shape`` (raises UnsupportedModelError)."""
     ops, transform = trace(model, input_shape)
     net = Network.from_ops(ops, input_shape, dtype, device, transform)
-    net.ops = fold_linear_scale_shift(net.ops)
+    net.ops = simplify(net.ops)
     return net
 
 

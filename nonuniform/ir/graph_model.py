@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .network import Network, Op, UnsupportedModelError, apply_output_transform
-from .simplify import fold_linear_scale_shift
+from .simplify import simplify
 
 
 class GraphModel(nn.Module):
@@ -39,7 +39,7 @@ class GraphModel(nn.Module):
         key = (tuple(input_shape), dtype, str(device))
         if key not in self._cache:
             net = Network.from_ops(self.ops, tuple(input_shape), dtype, device, self.output_transform)
-            net.ops = fold_linear_scale_shift(net.ops)
+            net.ops = simplify(net.ops)
             self._cache[key] = net
         return self._cache[key]
 

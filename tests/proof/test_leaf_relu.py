@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import Tensor
 
 import nonuniform.proof.bab as bab
 from nonuniform.proof.input_split import InputSplit
-from nonuniform.proof.leaf_relu import LeafReluSplit
+from nonuniform.proof.leaf_relu import LeafReluSplit, _Sub
 from tests.proof.test_input_split import robustness_cases, toys  # noqa: F401 (a fixture)
 
 
@@ -74,6 +75,84 @@ def test_sub_problems_do_not_depend_on_batch_mates(toys):  # noqa: F811
     alone = [outcome([k])[0] for k in range(8)]
     assert together == alone
     assert any(done for done, _ in together) and any(not done for done, _ in together)
+
+
+def test_first_sub_problems_take_their_owners_bounds(toys, monkeypatch):  # noqa: F811
+    """An owner's first sub-problem is its own box unsplit: its bounds are the owner's, not
+    propagated again. In batches that mix first and split sub-problems, the refutations and the
+    splits made are those of propagating every sub-problem, and only the split ones were propagated."""
+    model, bm, x, label, lo_r, _ = toys[1]
+    cases = robustness_cases(label, 3)
+    g = torch.Generator().manual_seed(1)
+    lo = x - lo_r * torch.rand(12, 5, dtype=torch.float64, generator=g) * 3
+    hi = lo + lo_r * torch.rand(12, 5, dtype=torch.float64, generator=g) * 3
+    state = bm.propagate(lo, hi, "crown")
+    sizes: list[tuple[int, bool]] = []
+    propagate = bm.propagate
+
+    def counted(lower, upper, *args, **kwargs):
+        sizes.append((lower.shape[0], kwargs.get("reuse") is not None))
+        return propagate(lower, upper, *args, **kwargs)
+
+    monkeypatch.setattr(bm, "propagate", counted)
+
+    def run(reuse: bool) -> list:
+        relu = LeafReluSplit(bm, cases, (5,), batch=64, min_depth=0)
+        relu.reuse_owner_bounds = reuse
+        out = []
+        for ks in (range(0, 4), range(4, 12), []):
+            ks = list(ks)
+            if ks:
+                relu.add(lo[ks], hi[ks], torch.zeros(len(ks), dtype=torch.long),
+                         {i: (l[ks], u[ks]) for i, (l, u) in state.pre.items()})  # fmt: skip
+            out.append((relu.step(), relu.refuted, relu.given_back))
+            out.append(sorted(str({i: t.nonzero().tolist() for i, t in s.splits.items()}) + str(s.owner)
+                              for s in relu.queue))  # fmt: skip
+        return out
+
+    reused = run(True)
+    with_reuse = list(sizes)
+    assert reused == run(False)
+    assert (4, True) in with_reuse  # the first batch: only the owners' bounds, one cheap sweep
+    assert any(not r and n < m for (n, r), (m, _) in zip(with_reuse, with_reuse[1:]))  # a mixed batch
+
+    # the state itself: a split sub-problem's bounds are those of propagating it, a first one's
+    # are its owner's, which propagating again would not tighten (same box, same CROWN)
+    relu = LeafReluSplit(bm, cases, (5,), batch=64, min_depth=0)
+    relu.add(lo, hi, torch.zeros(12, dtype=torch.long), state.pre)
+    todo = list(relu.queue)
+    first_op = relu.ops[0]
+    l, u = state.pre[first_op]
+    unstable, stable = (l < 0) & (u > 0), (l > 0) | (u < 0)
+
+    def sub(k: int, n: Tensor, side: int) -> _Sub:
+        split = {i: torch.zeros_like(state.pre[i][0][:1], dtype=torch.int8) for i in relu.ops}
+        split[first_op][(0, *n.tolist())] = side
+        return _Sub(k, split)
+
+    # split sub-problems of five owners (a first-layer neuron each), and an infeasible one: an
+    # always active (inactive) neuron assumed off (on)
+    todo += [sub(k, unstable[k].nonzero()[0], 1 if k % 2 else -1) for k in range(5)]
+    k = int(stable.any(1).nonzero()[0])
+    n = stable[k].nonzero()[0]
+    todo.append(sub(k, n, -1 if l[(k, *n.tolist())] > 0 else 1))
+    relu.reuse_owner_bounds = False
+    full, _ = relu._state(todo)
+    relu.reuse_owner_bounds = True
+    quick, _ = relu._state(todo)
+    first = torch.tensor([s.first for s in todo])
+    owners = torch.tensor([s.owner for s in todo])
+    moved = False
+    for i, (l, u) in quick.pre.items():
+        fl, fu = full.pre[i]
+        torch.testing.assert_close(l[~first], fl[~first], rtol=0, atol=0)
+        torch.testing.assert_close(u[~first], fu[~first], rtol=0, atol=0)
+        torch.testing.assert_close(l[first], state.pre[i][0][owners[first]], rtol=0, atol=0)
+        torch.testing.assert_close(l[first], fl[first], rtol=0, atol=1e-9)
+        torch.testing.assert_close(u[first], fu[first], rtol=0, atol=1e-9)
+        moved |= bool((fu[~first] < state.pre[i][1][owners[~first]] - 1e-6).any()) and i != first_op
+    assert moved  # the splits tightened later layers: the split sub-problems were propagated
+    assert quick.infeasible.tolist() == full.infeasible.tolist() == [False] * 17 + [True]
 
 
 def test_the_verifier_with_relu_splitting_in_leaves(vnncomp_dir, monkeypatch):
