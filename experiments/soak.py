@@ -17,11 +17,13 @@ Run alone: ``.venv/bin/python experiments/soak.py [--per-model N]``; writes
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,11 @@ def killed_and_resumed(out: Path, n: int, kills: int, seed: int) -> tuple[int, b
     return done_kills, same
 
 
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return out.stdout.strip() or "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-model", type=int, default=2750, help="images per embedded MLP")
@@ -126,6 +133,9 @@ def main() -> None:
     broken = sum(r["broken"] for r in rows)
     lines = [
         "# Soak run: certified boxes under attack, and SIGKILL + resume",
+        "",
+        f"Run: {date.today().isoformat()}, commit {_commit()}, {args.per_model} test images per MLP; "
+        f"load average at the end {os.getloadavg()[0]:.2f} (1 min).",
         "",
         f"{total} certified boxes, {broken} broken. Every certified box went through `verify_boxes`:",
         "contains its input and stays in the domain, fresh float64 CROWN bound > 0, PGD (5 restarts x 50",
