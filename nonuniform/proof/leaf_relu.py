@@ -26,10 +26,11 @@ input splitting whole, its queued sub-problems dropped.
 Why it is sound: the sub-problems of an owner are its box under both sides of every split
 (:data:`~nonuniform.proof.bab.SIDES`), each bounded in float64 by the same beta-CROWN leaf bound
 as ReLU splitting (:func:`~nonuniform.proof.leaves.leaf_bound`) with the input splitting's
-safety margin; the owner's intermediate bounds (its parent's, valid on any subset of its box)
-are intersected in as ``prior``. An owner leaves the search only refuted (all sub-problems) or
-given back (then input splitting covers it again), so the input search is proved only when its
-frontier and this queue are both empty.
+safety margin; the owner's intermediate bounds (valid on any subset of its box) are intersected
+in as ``prior``, and a first sub-problem (the owner's box, nothing split) takes them as they
+are. An owner leaves the search only refuted (all sub-problems) or given back (then input
+splitting covers it again), so the input search is proved only when its frontier and this queue
+are both empty.
 """
 
 from __future__ import annotations
