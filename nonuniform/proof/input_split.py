@@ -83,7 +83,7 @@ class SplitStats:
     """What one input-splitting search did (for the result's details)."""
 
     leaves: int = 0  # sub-boxes bounded
-    open: int = 0  # sub-boxes still to do
+    open: int = 0  # sub-boxes still to do (the frontier and those ReLU splitting holds)
     depth: int = 0  # most halvings of one leaf
     scored: int = 0  # candidate halves bounded to choose a split (fsb)
     lp: int = 0  # leaves given the LP relaxation
@@ -173,7 +173,7 @@ class InputSplit:
             self.seconds += time.perf_counter() - start
             if found is not None:
                 return found
-        self.stats.open = int(self.lo.shape[0])
+        self.stats.open = int(self.lo.shape[0]) + (len(self.relu.owners) if self.relu is not None else 0)
         return None
 
     def _step(self, deadline: float = float("inf")) -> Tensor | None:
