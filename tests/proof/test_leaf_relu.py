@@ -48,14 +48,19 @@ def test_a_dropped_relu_branch_is_caught(toys, monkeypatch):  # noqa: F811
     assert bad > 0
 
 
+def owner_boxes(toy, n: int, seed: int):
+    """``n`` random boxes of up to 3x the toy's robust radius around its point, as owners: the
+    bounded model, the robustness cases, the boxes and their CROWN state."""
+    model, bm, x, label, lo_r, _ = toy
+    g = torch.Generator().manual_seed(seed)
+    lo = x - lo_r * torch.rand(n, 5, dtype=torch.float64, generator=g) * 3
+    hi = lo + lo_r * torch.rand(n, 5, dtype=torch.float64, generator=g) * 3
+    return bm, robustness_cases(label, 3), lo, hi, bm.propagate(lo, hi, "crown")
+
+
 def test_sub_problems_do_not_depend_on_batch_mates(toys):  # noqa: F811
     """One step over eight owners together and over each alone: same refutations, same splits."""
-    model, bm, x, label, lo_r, _ = toys[0]
-    cases = robustness_cases(label, 3)
-    g = torch.Generator().manual_seed(0)
-    lo = x - lo_r * torch.rand(8, 5, dtype=torch.float64, generator=g) * 3
-    hi = lo + lo_r * torch.rand(8, 5, dtype=torch.float64, generator=g) * 3
-    state = bm.propagate(lo, hi, "crown")
+    bm, cases, lo, hi, state = owner_boxes(toys[0], 8, seed=0)
 
     def outcome(ks: list[int]) -> list[tuple]:
         relu = LeafReluSplit(bm, cases, (5,), batch=64, min_depth=0)
@@ -81,12 +86,7 @@ def test_first_sub_problems_take_their_owners_bounds(toys, monkeypatch):  # noqa
     """An owner's first sub-problem is its own box unsplit: its bounds are the owner's, not
     propagated again. In batches that mix first and split sub-problems, the refutations and the
     splits made are those of propagating every sub-problem, and only the split ones were propagated."""
-    model, bm, x, label, lo_r, _ = toys[1]
-    cases = robustness_cases(label, 3)
-    g = torch.Generator().manual_seed(1)
-    lo = x - lo_r * torch.rand(12, 5, dtype=torch.float64, generator=g) * 3
-    hi = lo + lo_r * torch.rand(12, 5, dtype=torch.float64, generator=g) * 3
-    state = bm.propagate(lo, hi, "crown")
+    bm, cases, lo, hi, state = owner_boxes(toys[1], 12, seed=1)
     sizes: list[tuple[int, bool]] = []
     propagate = bm.propagate
 
