@@ -5,8 +5,12 @@ modules, checked against the ONNX forward), same per-feature boxes (radius ``eps
 per feature around real images or the VNN-LIB properties' centres), margin lower bounds
 ``f_c - f_j`` against the class predicted at the centre, one torch thread each. Each row times
 CROWN without and with the gradient to the box, and alpha-CROWN (20 steps, lr 0.1) with its mean
-gain over each tool's own CROWN; the two tools' calls are interleaved ``--repeats`` times in one
-process and medians reported. Both tools' bounds are checked against sampled points and corners.
+gain over each tool's own CROWN; medians of ``--repeats`` runs are reported. By default each tool
+runs in processes of its own, ``--blocks`` of them per row launched alternately (A B B A ...), so
+neither library's large blocks move glibc's mmap and trim thresholds for the other (a library runs
+alone in a user's program); ``--one-process`` interleaves the two tools' calls in this process
+instead (how the tables before 2026-12-03's seventh session were made). Both tools' bounds are
+checked against sampled points and corners.
 
 auto_LiRPA is never a dependency: build it from its public source in a private environment
 (``python -m venv REF && REF/bin/pip install torch==2.13.0 numpy packaging appdirs pyyaml tqdm
@@ -19,6 +23,7 @@ project's packages. Run alone: ``.venv/bin/python experiments/bench_reference.py
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -105,12 +110,14 @@ def _layer(op) -> nn.Module:
     raise SystemExit(f"bench_reference: no torch layer for op {op.name} ({op.kind})")
 
 
-def cases() -> list[tuple]:
+def cases(only: str | None = None) -> list[tuple]:
     """(name, module, centres (B, *shape), eps, domain (lo, hi) or None, the Normalize the boxes
-    go through)."""
+    go through); ``only``: just the case of that name (the others are not loaded)."""
     x, _ = load_samples("mnist")
     out = []
     for name in ("mnist-mlp", "mnist-cnn-small"):
+        if only and only != f"{name} (embedded)":
+            continue
         model = load_model(name)[0]
         assert isinstance(model[0], Normalize)
         # The leading Normalize is applied to the boxes instead (exact: per-channel affine): with it
@@ -119,7 +126,7 @@ def cases() -> list[tuple]:
         norm = model[0]
         out.append((f"{name} (embedded)", model[1:], x[:32], 0.02, (0.0, 1.0), norm))
     maxpool = SHARED / "verivital" / "Convnet_maxpool.onnx"
-    if maxpool.exists():
+    if maxpool.exists() and only in (None, "verivital Convnet_maxpool"):
         out.append(
             (
                 "verivital Convnet_maxpool",
@@ -135,7 +142,7 @@ def cases() -> list[tuple]:
         ("cifar10_resnet", "resnet_2b.onnx", "vnnlib_properties_pgd_filtered/*/*.vnnlib", 8, 0.03),
     ):
         path = SHARED / folder / onnx
-        if not path.exists():
+        if not path.exists() or only not in (None, f"{folder} {onnx[:-5]}"):
             continue
         graph, card = load_model(str(path))
         props = [parse_vnnlib(p) for p in sorted((SHARED / folder).glob(glob))[:n]]
@@ -216,14 +223,97 @@ def check_sound(model, lo, hi, spec, lbs: list[Tensor], n: int = 256) -> bool:
     return all(bool((margins >= lb - 1e-5).all()) for lb in lbs)
 
 
+def time_tools(tools, lo, hi, spec, repeats: int, alpha_repeats: int) -> tuple[dict, dict]:
+    """Each tool's CROWN bound without and with the gradient ``repeats`` times and alpha-CROWN in
+    the first ``alpha_repeats`` rounds, the tools interleaved: (times {(tool, kind): [s]}, lower
+    bounds {(tool, kind): Tensor})."""
+    times: dict = {(t.name, k): [] for t in tools for k in ("crown", "grad", "alpha")}
+    lbs: dict = {}
+    for tool in tools:  # warm-up: first-call set-up (caches, allocator) is not timed
+        tool.bound(lo, hi, spec, "crown", True)
+    for rep in range(repeats):
+        for tool in tools:
+            s, lbs[tool.name, "crown"] = timed(tool.bound, lo, hi, spec, "crown", False)
+            times[tool.name, "crown"].append(s)
+            times[tool.name, "grad"].append(timed(tool.bound, lo, hi, spec, "crown", True)[0])
+            if rep < alpha_repeats:
+                s, lbs[tool.name, "alpha"] = timed(tool.bound, lo, hi, spec, "alpha-crown", False)
+                times[tool.name, "alpha"].append(s)
+    return times, lbs
+
+
+def _setup(name: str | None, allocator: str):
+    """This process's policy (one thread; the CLI's allocator policy when asked) and the cases."""
+    torch.set_num_threads(1)
+    applied = False
+    if allocator == "cli":  # the CLI's policy, for whichever tools run in this process
+        from nonuniform import configure_allocator
+
+        applied = configure_allocator()
+    return applied, cases(name)
+
+
+def _prepared(case) -> tuple:
+    name, model, xc, eps, domain, norm = case
+    model = model.eval()
+    lo, hi = boxes(xc, eps, domain, norm)
+    with torch.no_grad():
+        spec = margin_spec(model((lo + hi) / 2).argmax(1), 10)
+    return model, tuple(xc.shape[1:]), lo, hi, spec
+
+
+def _worker(args) -> None:
+    """One tool on one case in this process; the results as one JSON line on stdout."""
+    _, found = _setup(args.case, args.allocator)
+    model, shape, lo, hi, spec = _prepared(found[0])
+    tool = (Ours if args.worker == Ours.name else Theirs)(model, shape)
+    times, lbs = time_tools([tool], lo, hi, spec, args.repeats, args.alpha_repeats)
+    out = {
+        "times": {k: v for (_, k), v in times.items()},
+        "lbs": {k: v.tolist() for (_, k), v in lbs.items()},
+    }
+    print(json.dumps(out))
+
+
+def _per_tool(args, name: str) -> tuple[dict, dict]:
+    """:func:`time_tools`'s results with each tool in processes of its own, ``args.blocks`` per
+    tool launched alternately (A B B A ...); alpha-CROWN runs in each tool's first block."""
+    times: dict = {(t, k): [] for t in (Ours.name, Theirs.name) for k in ("crown", "grad", "alpha")}
+    lbs: dict = {}
+    per_block = -(-args.repeats // args.blocks)
+    for block in range(args.blocks):
+        order = (Ours.name, Theirs.name) if block % 2 == 0 else (Theirs.name, Ours.name)
+        for tool in order:
+            cmd = [sys.executable, __file__, "--worker", tool, "--case", name, "--allocator", args.allocator]
+            cmd += [
+                "--repeats",
+                str(per_block),
+                "--alpha-repeats",
+                str(args.alpha_repeats if block == 0 else 0),
+            ]
+            cmd += ["--reference", args.reference]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"bench_reference: the {tool} worker failed on {name}:\n{done.stderr}")
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+            for kind, v in got["times"].items():
+                times[tool, kind] += v
+            lbs.update({(tool, kind): torch.tensor(v) for kind, v in got["lbs"].items()})
+    return times, lbs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", default=os.environ.get("NONUNIFORM_REFERENCE", ""))
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--alpha-repeats", type=int, default=1, help="0: CROWN only")
     ap.add_argument("--allocator", choices=("cli", "default"), default="default")
+    ap.add_argument("--blocks", type=int, default=2, help="processes per tool and row")
+    ap.add_argument("--one-process", action="store_true", help="both tools in this process")
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
         sys.path.append(args.reference)
@@ -234,34 +324,20 @@ def main() -> None:
             "bench_reference: auto_LiRPA is not importable (build it privately; see this script's docstring)"
         )
         return
-    torch.set_num_threads(1)
-    allocator = False
-    if args.allocator == "cli":  # the CLI's policy; one process, so both tools run under it
-        from nonuniform import configure_allocator
-
-        allocator = configure_allocator()
+    if args.worker:
+        return _worker(args)
+    allocator, found = _setup(None, args.allocator)
     rows = []
-    for name, model, xc, eps, domain, norm in cases():
+    for case in found:
+        name, xc = case[0], case[2]
         if args.only and not any(o in name for o in args.only):
             continue
-        model = model.eval()
-        shape = tuple(xc.shape[1:])
-        lo, hi = boxes(xc, eps, domain, norm)
-        with torch.no_grad():
-            spec = margin_spec(model((lo + hi) / 2).argmax(1), 10)
-        tools = [Ours(model, shape), Theirs(model, shape)]
-        times = {(t.name, k): [] for t in tools for k in ("crown", "grad", "alpha")}
-        lbs = {}
-        for tool in tools:  # warm-up: first-call set-up (caches, allocator) is not timed
-            tool.bound(lo, hi, spec, "crown", True)
-        for rep in range(args.repeats):
-            for tool in tools:
-                s, lbs[tool.name, "crown"] = timed(tool.bound, lo, hi, spec, "crown", False)
-                times[tool.name, "crown"].append(s)
-                times[tool.name, "grad"].append(timed(tool.bound, lo, hi, spec, "crown", True)[0])
-                if rep < args.alpha_repeats:
-                    s, lbs[tool.name, "alpha"] = timed(tool.bound, lo, hi, spec, "alpha-crown", False)
-                    times[tool.name, "alpha"].append(s)
+        model, shape, lo, hi, spec = _prepared(case)
+        if args.one_process:
+            tools = [Ours(model, shape), Theirs(model, shape)]
+            times, lbs = time_tools(tools, lo, hi, spec, args.repeats, args.alpha_repeats)
+        else:
+            times, lbs = _per_tool(args, name)
         med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
         ours, theirs = (lbs["nonuniform", "crown"], lbs["auto_LiRPA", "crown"])
         diff = (ours - theirs).abs().max().item()
@@ -298,8 +374,9 @@ def main() -> None:
         "Reproduce (alone on the machine): `.venv/bin/python experiments/bench_reference.py --reference "
         "REF_SITE_PACKAGES` (see the script's docstring for building the reference privately).",
         f"CPU, one torch thread per tool, torch {torch.__version__}, "
-        f"{ALLOC if allocator else 'default allocator'}; medians of {args.repeats} interleaved "
-        f"runs (alpha-CROWN: {args.alpha_repeats}); load average at the end {load[0]:.2f} / {load[1]:.2f} "
+        f"{ALLOC if allocator else 'default allocator'}; medians of {args.repeats} runs "
+        f"({PROCESSES if args.one_process else PER_TOOL.format(args.blocks)}; alpha-CROWN: "
+        f"{args.alpha_repeats}); load average at the end {load[0]:.2f} / {load[1]:.2f} "
         "(1 / 5 min). Boxes: per-feature radii eps x (0.5 + U[0, 1]) around 32 MNIST test images "
         "(eps 0.02, clipped to [0, 1], then normalised: the embedded models' Normalize is applied to the "
         "boxes, see `cases()`) or the VNN-LIB properties' centres (eps 0.03 in the networks' normalised "
@@ -319,6 +396,8 @@ def main() -> None:
 
 
 ALLOC = "the CLI's allocator policy (nonuniform.configure_allocator) for both"
+PROCESSES = "the two tools interleaved in one process"
+PER_TOOL = "each tool in {} processes of its own per row, launched alternately"
 
 
 def _t(s: float) -> str:
