@@ -364,6 +364,7 @@ def main() -> None:
         )
         print(row, flush=True)
         rows.append(row)
+    runs = args.repeats if args.one_process else -(-args.repeats // args.blocks) * args.blocks
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -374,7 +375,7 @@ def main() -> None:
         "Reproduce (alone on the machine): `.venv/bin/python experiments/bench_reference.py --reference "
         "REF_SITE_PACKAGES` (see the script's docstring for building the reference privately).",
         f"CPU, one torch thread per tool, torch {torch.__version__}, "
-        f"{ALLOC if allocator else 'default allocator'}; medians of {args.repeats} runs "
+        f"{ALLOC if allocator else 'default allocator'}; medians of {runs} runs "
         f"({PROCESSES if args.one_process else PER_TOOL.format(args.blocks)}; alpha-CROWN: "
         f"{args.alpha_repeats}); load average at the end {load[0]:.2f} / {load[1]:.2f} "
         "(1 / 5 min). Boxes: per-feature radii eps x (0.5 + U[0, 1]) around 32 MNIST test images "
