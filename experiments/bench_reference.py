@@ -6,11 +6,12 @@ per feature around real images or the VNN-LIB properties' centres), margin lower
 ``f_c - f_j`` against the class predicted at the centre, one torch thread each. Each row times
 CROWN without and with the gradient to the box, and alpha-CROWN (20 steps, lr 0.1) with its mean
 gain over each tool's own CROWN; medians of ``--repeats`` runs are reported. By default each tool
-runs in processes of its own, ``--blocks`` of them per row launched alternately (A B B A ...), so
-neither library's large blocks move glibc's mmap and trim thresholds for the other (a library runs
-alone in a user's program); ``--one-process`` interleaves the two tools' calls in this process
-instead (how the tables before 2026-12-03's seventh session were made). Both tools' bounds are
-checked against sampled points and corners.
+runs in processes of its own, ``--blocks`` of them per row launched alternately (A B B A ...) and
+one more for alpha-CROWN, so neither library's large blocks (nor alpha-CROWN's) move glibc's mmap
+and trim thresholds for the other runs (a library runs alone in a user's program);
+``--one-process`` interleaves the two tools' calls in this process instead (how the tables before
+2026-12-03's seventh session were made). Both tools' bounds are checked against sampled points
+and corners.
 
 auto_LiRPA is never a dependency: build it from its public source in a private environment
 (``python -m venv REF && REF/bin/pip install torch==2.13.0 numpy packaging appdirs pyyaml tqdm
@@ -231,11 +232,12 @@ def time_tools(tools, lo, hi, spec, repeats: int, alpha_repeats: int) -> tuple[d
     lbs: dict = {}
     for tool in tools:  # warm-up: first-call set-up (caches, allocator) is not timed
         tool.bound(lo, hi, spec, "crown", True)
-    for rep in range(repeats):
+    for rep in range(max(repeats, alpha_repeats)):
         for tool in tools:
-            s, lbs[tool.name, "crown"] = timed(tool.bound, lo, hi, spec, "crown", False)
-            times[tool.name, "crown"].append(s)
-            times[tool.name, "grad"].append(timed(tool.bound, lo, hi, spec, "crown", True)[0])
+            if rep < repeats:
+                s, lbs[tool.name, "crown"] = timed(tool.bound, lo, hi, spec, "crown", False)
+                times[tool.name, "crown"].append(s)
+                times[tool.name, "grad"].append(timed(tool.bound, lo, hi, spec, "crown", True)[0])
             if rep < alpha_repeats:
                 s, lbs[tool.name, "alpha"] = timed(tool.bound, lo, hi, spec, "alpha-crown", False)
                 times[tool.name, "alpha"].append(s)
@@ -277,20 +279,18 @@ def _worker(args) -> None:
 
 def _per_tool(args, name: str) -> tuple[dict, dict]:
     """:func:`time_tools`'s results with each tool in processes of its own, ``args.blocks`` per
-    tool launched alternately (A B B A ...); alpha-CROWN runs in each tool's first block."""
+    tool launched alternately (A B B A ...), then one more per tool for alpha-CROWN (its large
+    blocks would move the allocator's thresholds for the CROWN runs after it)."""
     times: dict = {(t, k): [] for t in (Ours.name, Theirs.name) for k in ("crown", "grad", "alpha")}
     lbs: dict = {}
     per_block = -(-args.repeats // args.blocks)
-    for block in range(args.blocks):
+    runs = [(block, per_block, 0) for block in range(args.blocks)]
+    runs += [(0, 0, args.alpha_repeats)] if args.alpha_repeats > 0 else []
+    for block, repeats, alpha_repeats in runs:
         order = (Ours.name, Theirs.name) if block % 2 == 0 else (Theirs.name, Ours.name)
         for tool in order:
             cmd = [sys.executable, __file__, "--worker", tool, "--case", name, "--allocator", args.allocator]
-            cmd += [
-                "--repeats",
-                str(per_block),
-                "--alpha-repeats",
-                str(args.alpha_repeats if block == 0 else 0),
-            ]
+            cmd += ["--repeats", str(repeats), "--alpha-repeats", str(alpha_repeats)]
             cmd += ["--reference", args.reference]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
